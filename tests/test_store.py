@@ -1,0 +1,109 @@
+"""The store on DuckDB and PostgreSQL: migrations both ways, idempotent bulk writes, read-only SQL."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from xastruct import store
+from xastruct.errors import ReadOnlyError
+
+TABLES = {"structures", "sites", "spectra", "models", "predictions", "runs", "jobs"}
+
+
+def _tables(eng) -> set[str]:
+    return set(sa.inspect(eng).get_table_names())
+
+
+def _struct(h: str) -> dict:
+    return dict(source="test", source_id=h, formula="Cu", chemsys="Cu", n_sites=1, content_hash=h,
+                structure_json="{}", provenance={"made_by": "test"})
+
+
+def test_upgrade_downgrade_roundtrip(db_url):
+    eng = store.get_engine(db_url)
+    assert store.current_revision(eng) == store.head_revision()
+    assert TABLES <= _tables(eng)
+    with eng.connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM spectra_with_labels").scalar() == 0
+    store.downgrade(eng, "base")
+    assert store.current_revision(eng) is None
+    assert not (TABLES & _tables(eng))
+    store.upgrade(eng, "head")
+    assert TABLES <= _tables(eng)
+    # one step down removes only the jobs table
+    store.downgrade(eng, "0001")
+    assert "jobs" not in _tables(eng) and "spectra" in _tables(eng)
+    store.upgrade(eng, "head")
+    assert store.current_revision(eng) == store.head_revision()
+
+
+def test_bulk_insert_is_idempotent_and_transactional(db_url):
+    eng = store.get_engine(db_url)
+    with eng.begin() as c:
+        assert store.bulk_insert(c, "structures", [_struct("a"), _struct("b")]) == 2
+    with eng.begin() as c:
+        assert store.bulk_insert(c, "structures", [_struct("a"), _struct("c")]) == 1
+        ids = store.lookup_ids(c, "structures", "content_hash", ["a", "b", "c"])
+    assert len(ids) == 3 and len(set(ids.values())) == 3
+    row = dict(key="k1", structure_id=ids["a"], absorber="Cu", edge="K", kind="XANES", source="feff9",
+               energies=[8979.0, 8980.5, 8990.0], mu=[0.0, 0.5, 1.0], normalized=True,
+               provenance={"path": "x", "params": {"fms": 9.0}})
+    # a failing batch leaves nothing behind
+    with pytest.raises(Exception):
+        with eng.begin() as c:
+            store.bulk_insert(c, "spectra", [row])
+            c.exec_driver_sql("SELECT * FROM no_such_table")
+    with eng.connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM spectra").scalar() == 0
+    with eng.begin() as c:
+        assert store.bulk_insert(c, "spectra", [row]) == 1
+        assert store.bulk_insert(c, "spectra", [row]) == 0
+    with eng.connect() as c:
+        e, mu, sid = c.execute(sa.text("SELECT energies, mu, structure_id FROM spectra")).one()
+    assert list(e) == [8979.0, 8980.5, 8990.0] and list(mu) == [0.0, 0.5, 1.0] and sid == ids["a"]
+
+
+def test_run_record(db_url):
+    eng = store.get_engine(db_url)
+    with store.run_record(eng, "unit", {"x": 1}) as summary:
+        summary["n"] = 3
+    with eng.connect() as c:
+        status, summ = c.execute(sa.text("SELECT status, summary FROM runs")).one()
+    assert status == "done"
+    summ = summ if isinstance(summ, dict) else __import__("json").loads(summ)
+    assert summ["n"] == 3
+
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "INSERT INTO structures (source, formula, chemsys, n_sites, content_hash, structure_json) "
+        "VALUES ('x','Cu','Cu',1,'zz','{}')",
+        "DROP TABLE spectra",
+        "CREATE TABLE evil (x INT)",
+        "UPDATE structures SET formula = 'X'",
+        "DELETE FROM structures",
+    ],
+)
+def test_sql_is_read_only(db_url, stmt):
+    eng = store.get_engine(db_url)
+    with eng.begin() as c:
+        store.bulk_insert(c, "structures", [_struct("a")])
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        store.readonly_query(db_url, stmt)
+    names, rows = store.readonly_query(db_url, "SELECT formula, content_hash FROM structures")
+    assert names == ["formula", "content_hash"] and rows == [("Cu", "a")]
+    assert "evil" not in _tables(store.get_engine(db_url))
+
+
+def test_sql_refuses_escapes(db_url, tmp_path):
+    store.get_engine(db_url)
+    if db_url.startswith("duckdb"):
+        bad = f"COPY (SELECT 1) TO '{tmp_path / 'leak.csv'}'"
+    else:
+        bad = "COMMIT; DROP TABLE spectra"
+    with pytest.raises(ReadOnlyError):
+        store.readonly_query(db_url, bad)
+    assert not (tmp_path / "leak.csv").exists()
+    assert "spectra" in _tables(store.get_engine(db_url))

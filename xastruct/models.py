@@ -1,0 +1,885 @@
+"""Neural architectures of XAStruct: forward (structure -> spectrum) and inverse (spectrum -> structure).
+
+Building blocks
+    :class:`GatedLinear`  ``(x W_v + b_v) * sigmoid(x W_g + b_g)``.
+    :class:`SwiGLU`       ``Swish_beta(x W + b) * (x V + c)`` with ``Swish_beta(z) = z * sigmoid(beta z)``,
+                          ``W, V: d -> d`` and one learned scalar ``beta`` (initialised to 1).
+    :class:`SGMLP`        ``n_layers - 1`` blocks of [GatedLinear -> LayerNorm -> SwiGLU -> Dropout] and a
+                          final GatedLinear. Ablations: ``act="relu"`` swaps SwiGLU for ReLU,
+                          ``linear="plain"`` swaps GatedLinear for ``nn.Linear``; :class:`PlainMLP`
+                          (Linear + ReLU, no LayerNorm) is the third. :func:`make_mlp` picks one by
+                          name (:data:`ARCHS`).
+
+Forward model
+    :class:`ForwardModel` = encoder -> site pooling -> :class:`SpectrumHead`. Encoders return per-atom
+    embeddings of a batch of periodic structures: :class:`CHGNetEncoder` (pretrained CHGNet, frozen or
+    fine-tuned) or the GNN baselines :class:`GCNEncoder`, :class:`GATEncoder`, :class:`MPNNEncoder`
+    (torch-geometric on 6 A periodic graphs from :func:`xastruct.embed.structure_to_pyg`). Pooling is
+    the mean over a binary node mask (absorber + first shell, see :func:`xastruct.embed.absorber_mask`).
+    For the frozen-CHGNet mode it is much cheaper to precompute pooled embeddings once with
+    :func:`xastruct.embed.chgnet_site_embeddings` and train a :class:`SpectrumHead` on them.
+
+Inverse models
+    :class:`NeighborClassifier` (spectra -> neighbour-class logits) and :class:`MNNDRegressor`
+    (spectra -> mean nearest-neighbour distance, optionally with a Gaussian variance head).
+
+Persistence: every model mixes in :class:`ModelIO`. Constructor keyword arguments are recorded
+automatically, so ``todict()`` / ``save(dir)`` store them as a JSON config next to the weights and
+``Cls.load(dict_or_dir)`` / :func:`load_model` rebuild any registered class. Sub-models passed as
+arguments (e.g. the encoder of a ForwardModel) are stored as nested configs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ARCHS",
+    "EDGES",
+    "ENCODERS",
+    "REGISTRY",
+    "CHGNetEncoder",
+    "ForwardModel",
+    "GATEncoder",
+    "GCNEncoder",
+    "GatedLinear",
+    "MNNDRegressor",
+    "MPNNEncoder",
+    "ModelIO",
+    "NeighborClassifier",
+    "PlainMLP",
+    "Prediction",
+    "SGMLP",
+    "SpectrumHead",
+    "SwiGLU",
+    "edge_code",
+    "load_model",
+    "make_encoder",
+    "make_mlp",
+    "masked_mean",
+    "pick_device",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+FORMAT_VERSION = 1
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) -> CUDA when available, else CPU; anything else is passed to torch."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Persistence
+# ----------------------------------------------------------------------------------------------
+
+REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def _record_init(init):
+    """Wrap ``__init__`` so the bound keyword arguments (defaults included) become the config.
+
+    The outermost ``__init__`` of a subclass chain finishes last, so its arguments win.
+    """
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        cfg = dict(bound.arguments)
+        cfg.pop("self")
+        for name, p in sig.parameters.items():
+            if p.kind is p.VAR_KEYWORD:
+                cfg.update(cfg.pop(name))
+        object.__setattr__(self, "_config", {k: _encode(v, k) for k, v in cfg.items()})
+
+    return wrapper
+
+
+def _encode(value: Any, name: str) -> Any:
+    """JSON-safe form of a constructor argument; nested models become ``{"__model__": ...}``."""
+    if isinstance(value, ModelIO):
+        return {"__model__": type(value).__name__, "config": value.config}
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, name) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v, name) for k, v in value.items()}
+    raise TypeError(f"constructor argument {name!r} of type {type(value).__name__} cannot be saved in a JSON config")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__model__" in value:
+            return _build(value["__model__"], value["config"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _build(class_name: str, config: dict) -> nn.Module:
+    try:
+        cls = REGISTRY[class_name]
+    except KeyError:
+        raise ValueError(f"unknown model class {class_name!r}; known: {sorted(REGISTRY)}") from None
+    return cls(**{k: _decode(v) for k, v in config.items()})
+
+
+class ModelIO:
+    """Mixin: config capture, ``todict``/``save``/``load`` and registration by class name.
+
+    Mix in before ``nn.Module`` (``class M(ModelIO, nn.Module)``); constructors must be keyword-only
+    and their arguments JSON-serialisable (or other ModelIO models).
+    """
+
+    _config: dict
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _record_init(cls.__init__)
+        if not cls.__name__.startswith("_"):
+            REGISTRY[cls.__name__] = cls
+
+    @property
+    def config(self) -> dict:
+        """The JSON-safe constructor arguments this model was built with."""
+        return json.loads(json.dumps(self._config))
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def todict(self) -> dict:
+        """``{"class", "config", "state_dict", "format"}``; state_dict tensors are CPU copies."""
+        from xastruct import __version__
+
+        return {
+            "class": type(self).__name__,
+            "config": self.config,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "format": FORMAT_VERSION,
+            "xastruct_version": __version__,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``weights.pt`` into *directory* (created if needed)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        dct = self.todict()
+        state = dct.pop("state_dict")
+        torch.save(state, d / WEIGHTS_FILE)
+        (d / CONFIG_FILE).write_text(json.dumps(dct, indent=2, sort_keys=True) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, source: dict | str | Path, *, device: str | torch.device | None = "auto"):
+        """Rebuild from a ``todict()`` dict or a ``save()`` directory, in eval mode on *device*.
+
+        Called on a concrete class, the stored class must be it or a subclass of it.
+        """
+        if isinstance(source, dict):
+            dct = source
+            state = dct["state_dict"]
+        else:
+            d = Path(source)
+            if not (d / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"{d}: no {CONFIG_FILE}; not a directory written by save()")
+            dct = json.loads((d / CONFIG_FILE).read_text())
+            # weights_only: a weights file should never be able to run code on load
+            state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model = _build(dct["class"], dct["config"])
+        if not isinstance(model, cls):
+            raise TypeError(f"stored model is a {dct['class']}, not a {cls.__name__}")
+        model.load_state_dict(state)
+        return model.to(pick_device(device)).eval()
+
+
+def load_model(source: dict | str | Path, *, device: str | torch.device | None = "auto") -> nn.Module:
+    """Rebuild any registered model from a ``todict()`` dict or a ``save()`` directory."""
+    return ModelIO.load(source, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+class GatedLinear(ModelIO, nn.Module):
+    """``(x W_v + b_v) * sigmoid(x W_g + b_g)``; value and gate share one fused matmul."""
+
+    def __init__(self, *, d_in: int, d_out: int):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.proj = nn.Linear(d_in, 2 * d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+class SwiGLU(ModelIO, nn.Module):
+    """``Swish_beta(x W + b) * (x V + c)``, ``Swish_beta(z) = z * sigmoid(beta * z)``; W, V: d -> d.
+
+    ``beta`` is one learned scalar (beta = 1 is SiLU).
+    """
+
+    def __init__(self, *, d: int, beta_init: float = 1.0):
+        super().__init__()
+        self.d = d
+        self.proj = nn.Linear(d, 2 * d)
+        self.beta = nn.Parameter(torch.tensor(float(beta_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.proj(x).chunk(2, dim=-1)
+        return a * torch.sigmoid(self.beta * a) * b
+
+
+class SGMLP(ModelIO, nn.Module):
+    """Swish-gated MLP: ``n_layers - 1`` x [Linear -> LayerNorm -> Act -> Dropout] + final Linear.
+
+    ``linear="gated"`` uses :class:`GatedLinear`, ``"plain"`` ``nn.Linear``; ``act="swiglu"`` uses
+    :class:`SwiGLU`, ``"relu"`` ``nn.ReLU``. ``n_layers=1`` is a single (gated) linear map.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_in: int,
+        d_hidden: int,
+        d_out: int,
+        n_layers: int = 3,
+        act: str = "swiglu",
+        linear: str = "gated",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if act not in ("swiglu", "relu"):
+            raise ValueError(f"act must be 'swiglu' or 'relu', got {act!r}")
+        if linear not in ("gated", "plain"):
+            raise ValueError(f"linear must be 'gated' or 'plain', got {linear!r}")
+        self.d_in, self.d_out = d_in, d_out
+
+        def lin(a: int, b: int) -> nn.Module:
+            return GatedLinear(d_in=a, d_out=b) if linear == "gated" else nn.Linear(a, b)
+
+        layers: list[nn.Module] = []
+        d = d_in
+        for _ in range(n_layers - 1):
+            layers += [
+                lin(d, d_hidden),
+                nn.LayerNorm(d_hidden),
+                SwiGLU(d=d_hidden) if act == "swiglu" else nn.ReLU(),
+                nn.Dropout(dropout),
+            ]
+            d = d_hidden
+        layers.append(lin(d, d_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PlainMLP(ModelIO, nn.Module):
+    """Ablation baseline: ``n_layers - 1`` x [Linear -> ReLU -> Dropout] + final Linear."""
+
+    def __init__(self, *, d_in: int, d_hidden: int, d_out: int, n_layers: int = 3, dropout: float = 0.0):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.d_in, self.d_out = d_in, d_out
+        layers: list[nn.Module] = []
+        d = d_in
+        for _ in range(n_layers - 1):
+            layers += [nn.Linear(d, d_hidden), nn.ReLU(), nn.Dropout(dropout)]
+            d = d_hidden
+        layers.append(nn.Linear(d, d_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+#: MLP variants by name: the full model and its three ablations.
+ARCHS: dict[str, dict[str, str] | None] = {
+    "sgmlp": {"act": "swiglu", "linear": "gated"},
+    "sgmlp_relu": {"act": "relu", "linear": "gated"},  # no SwiGLU
+    "sgmlp_linear": {"act": "swiglu", "linear": "plain"},  # no gated linear
+    "mlp": None,  # PlainMLP
+}
+
+
+def make_mlp(
+    *, arch: str = "sgmlp", d_in: int, d_hidden: int, d_out: int, n_layers: int = 3, dropout: float = 0.0
+) -> nn.Module:
+    """An :class:`SGMLP` (or ablation) / :class:`PlainMLP` chosen by *arch* (a key of :data:`ARCHS`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+    flags = ARCHS[arch]
+    if flags is None:
+        return PlainMLP(d_in=d_in, d_hidden=d_hidden, d_out=d_out, n_layers=n_layers, dropout=dropout)
+    return SGMLP(d_in=d_in, d_hidden=d_hidden, d_out=d_out, n_layers=n_layers, dropout=dropout, **flags)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------------------
+
+
+def masked_mean(h: torch.Tensor, batch: torch.Tensor, mask: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Per-graph mean of node embeddings ``h`` (N, d) over nodes where ``mask`` (N,) is set.
+
+    ``batch`` (N,) gives each node's graph index. A float mask acts as weights. Raises when a graph
+    has no selected node (its absorber was not marked).
+    """
+    w = mask.to(h.dtype)
+    num = h.new_zeros(n_graphs, h.shape[-1]).index_add_(0, batch, h * w[:, None])
+    den = h.new_zeros(n_graphs).index_add_(0, batch, w)
+    if bool((den <= 0).any()):
+        empty = torch.nonzero(den <= 0).flatten().tolist()
+        raise ValueError(f"site mask selects no node in structure(s) {empty} of the batch")
+    return num / den[:, None]
+
+
+def _flat_mask(mask: torch.Tensor | Sequence, sizes: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Per-structure masks (list of arrays) or one flat tensor -> a flat tensor on *device*."""
+    if isinstance(mask, torch.Tensor):
+        flat = mask
+    else:
+        parts = [torch.as_tensor(np.asarray(m)) for m in mask]
+        if len(parts) != len(sizes):
+            raise ValueError(f"{len(parts)} site masks for {len(sizes)} structures")
+        for i, (p, n) in enumerate(zip(parts, sizes)):
+            if p.shape != (n,):
+                raise ValueError(f"site mask {i} has shape {tuple(p.shape)}, structure has {n} atoms")
+        flat = torch.cat(parts)
+    if flat.shape != (sum(sizes),):
+        raise ValueError(f"flat site mask has shape {tuple(flat.shape)}, batch has {sum(sizes)} atoms")
+    return flat.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoders: a list of per-structure graphs -> (node embeddings (N, d_out), node -> graph index (N,))
+# ----------------------------------------------------------------------------------------------
+
+
+class CHGNetEncoder(ModelIO, nn.Module):
+    """The pretrained CHGNet; node embeddings are its ``atom_fea`` (atom features before the last
+    convolution, what ``return_atom_feas=True`` returns), ``d_out = 64`` for v0.3.0.
+
+    ``frozen=True``: no gradients, CHGNet kept in eval mode even when the parent trains.
+    ``frozen=False``: fine-tuned end to end. Note only the layers up to ``atom_fea`` get
+    gradients; CHGNet's last conv layer and energy readout are computed but unused.
+    Graphs come from :meth:`featurize` (CHGNet's own converter: 6 A atom graph, 3 A bond graph).
+    """
+
+    def __init__(self, *, frozen: bool = True, model_name: str = "0.3.0"):
+        super().__init__()
+        from chgnet.model import CHGNet
+
+        # CHGNet prints its parameter count on construction; keep library calls quiet
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.chgnet = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+        self.frozen = frozen
+        self.d_out = int(self.chgnet.atom_fea_dim)
+        if frozen:
+            self.chgnet.requires_grad_(False)
+            self.chgnet.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.chgnet.eval()
+        return self
+
+    def featurize(self, structure) -> Any:
+        """A pymatgen Structure -> CHGNet CrystalGraph (CPU)."""
+        return self.chgnet.graph_converter(structure)
+
+    @staticmethod
+    def _to(graph, device: torch.device):
+        # Positions and lattice are created with requires_grad=True for force/stress; we never need
+        # those derivatives, and backprop into them would accumulate .grad on the caller's graphs.
+        from chgnet.graph.crystalgraph import CrystalGraph
+
+        return CrystalGraph(
+            atomic_number=graph.atomic_number.to(device),
+            atom_frac_coord=graph.atom_frac_coord.detach().to(device),
+            atom_graph=graph.atom_graph.to(device),
+            atom_graph_cutoff=graph.atom_graph_cutoff,
+            neighbor_image=graph.neighbor_image.to(device),
+            directed2undirected=graph.directed2undirected.to(device),
+            undirected2directed=graph.undirected2directed.to(device),
+            bond_graph=graph.bond_graph.to(device),
+            bond_graph_cutoff=graph.bond_graph_cutoff,
+            lattice=graph.lattice.detach().to(device),
+            graph_id=graph.graph_id,
+            mp_id=graph.mp_id,
+            composition=graph.composition,
+        )
+
+    def forward(self, graphs: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        graphs = [self._to(g, dev) for g in graphs]
+        ctx = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        with ctx:
+            feas = self.chgnet(graphs, task="e", return_atom_feas=True)["atom_fea"]
+        sizes = torch.tensor([f.shape[0] for f in feas], device=dev)
+        batch = torch.repeat_interleave(torch.arange(len(feas), device=dev), sizes)
+        return torch.cat(feas), batch
+
+
+class GaussianExpansion(nn.Module):
+    """Distances (E,) -> (E, n) Gaussians centred on an even grid over [0, cutoff], width = spacing."""
+
+    def __init__(self, cutoff: float, n: int):
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, n))
+        self.width = cutoff / (n - 1)
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * ((d[:, None] - self.centers) / self.width) ** 2)
+
+
+class _PeriodicGNN(ModelIO, nn.Module):
+    """Shared body of the GNN baselines: learned element embeddings, ``n_layers`` residual
+    message-passing layers ``h <- LayerNorm(h + SiLU(conv(h)))`` on periodic graphs.
+
+    Self-loops are not added by the convolutions: the residual already carries each node's own
+    state, and GCN/GAT's self-loop insertion would collapse genuine edges to periodic images of
+    the same atom (every edge of a one-atom cell).
+    """
+
+    def __init__(self, *, d: int = 64, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103):
+        super().__init__()
+        self.d_out, self.cutoff = d, cutoff
+        self.embed = nn.Embedding(max_z + 1, d)
+        self.rbf = GaussianExpansion(cutoff, n_gaussians)
+        self.convs = nn.ModuleList(self._conv(d, n_gaussians) for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_layers))
+
+    def _conv(self, d: int, n_gaussians: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _message(self, conv: nn.Module, h, edge_index, dist, rbf) -> torch.Tensor:
+        raise NotImplementedError
+
+    def featurize(self, structure) -> Any:
+        """A pymatgen Structure -> torch_geometric Data (edges within ``cutoff``)."""
+        from xastruct.embed import structure_to_pyg
+
+        return structure_to_pyg(structure, cutoff=self.cutoff)
+
+    def forward(self, graphs) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch_geometric.data import Batch
+
+        b = graphs if isinstance(graphs, Batch) else Batch.from_data_list(list(graphs))
+        b = b.to(self.device)
+        dist = b.edge_attr.reshape(-1)
+        if dist.numel() and float(dist.max()) > self.cutoff + 1e-6:
+            raise ValueError(f"graph has edges longer than the encoder cutoff {self.cutoff} A")
+        rbf = self.rbf(dist)
+        h = self.embed(b.x.reshape(-1).long())
+        for conv, norm in zip(self.convs, self.norms):
+            h = norm(h + F.silu(self._message(conv, h, b.edge_index, dist, rbf)))
+        return h, b.batch
+
+
+class GCNEncoder(_PeriodicGNN):
+    """GCN baseline; GCNConv takes one scalar weight per edge: a cosine envelope of the distance
+    (1 at r = 0, 0 at the cutoff), so edges fade out smoothly."""
+
+    def __init__(self, *, d: int = 64, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103):
+        super().__init__(d=d, n_layers=n_layers, cutoff=cutoff, n_gaussians=n_gaussians, max_z=max_z)
+
+    def _conv(self, d, n_gaussians):
+        from torch_geometric.nn import GCNConv
+
+        return GCNConv(d, d, add_self_loops=False)
+
+    def _message(self, conv, h, edge_index, dist, rbf):
+        w = 0.5 * (torch.cos(math.pi * dist / self.cutoff) + 1.0)
+        return conv(h, edge_index, w)
+
+
+class GATEncoder(_PeriodicGNN):
+    """GAT baseline: ``heads`` attention heads of width ``d // heads`` (concatenated), attention
+    conditioned on the Gaussian-expanded distance (``edge_dim``)."""
+
+    def __init__(
+        self, *, d: int = 64, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103, heads: int = 4
+    ):
+        if d % heads:
+            raise ValueError(f"d={d} must be divisible by heads={heads}")
+        self.heads = heads
+        super().__init__(d=d, n_layers=n_layers, cutoff=cutoff, n_gaussians=n_gaussians, max_z=max_z)
+
+    def _conv(self, d, n_gaussians):
+        from torch_geometric.nn import GATConv
+
+        return GATConv(d, d // self.heads, heads=self.heads, edge_dim=n_gaussians, add_self_loops=False)
+
+    def _message(self, conv, h, edge_index, dist, rbf):
+        return conv(h, edge_index, rbf)
+
+
+class MPNNEncoder(_PeriodicGNN):
+    """Edge-conditioned MPNN (NNConv, mean aggregation): an edge MLP maps the Gaussian-expanded
+    distance to a d x d message matrix.
+
+    The default ``d=32`` (not 64) because NNConv materialises one d x d matrix per edge: ~80 edges
+    per atom at 6 A make d=64 cost ~50 MB per 45-atom structure per layer.
+    """
+
+    def __init__(
+        self, *, d: int = 32, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103, d_edge: int = 64
+    ):
+        self.d_edge = d_edge
+        super().__init__(d=d, n_layers=n_layers, cutoff=cutoff, n_gaussians=n_gaussians, max_z=max_z)
+
+    def _conv(self, d, n_gaussians):
+        from torch_geometric.nn import NNConv
+
+        edge_net = nn.Sequential(nn.Linear(n_gaussians, self.d_edge), nn.SiLU(), nn.Linear(self.d_edge, d * d))
+        return NNConv(d, d, edge_net, aggr="mean")
+
+    def _message(self, conv, h, edge_index, dist, rbf):
+        return conv(h, edge_index, rbf)
+
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "chgnet": CHGNetEncoder,
+    "gcn": GCNEncoder,
+    "gat": GATEncoder,
+    "mpnn": MPNNEncoder,
+}
+
+
+def make_encoder(name: str, **kwargs: Any) -> nn.Module:
+    """Encoder by short name (a key of :data:`ENCODERS`), constructor keywords passed through."""
+    try:
+        cls = ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODERS)}") from None
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward model
+# ----------------------------------------------------------------------------------------------
+
+
+class SpectrumHead(ModelIO, nn.Module):
+    """Pooled site embedding (B, d_embed) -> spectrum on a fixed grid (B, n_out)."""
+
+    def __init__(
+        self,
+        *,
+        d_embed: int,
+        n_out: int,
+        d_hidden: int = 256,
+        n_layers: int = 3,
+        arch: str = "sgmlp",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.d_embed, self.n_out = d_embed, n_out
+        self.mlp = make_mlp(arch=arch, d_in=d_embed, d_hidden=d_hidden, d_out=n_out, n_layers=n_layers, dropout=dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mlp(z.to(self.device))
+
+
+class ForwardModel(ModelIO, nn.Module):
+    """Structure -> spectrum at one absorbing site: encoder -> masked mean pooling -> head.
+
+    ``forward(graphs, site_mask)``: *graphs* from :meth:`featurize`; *site_mask* either one array
+    per structure (n_atoms,) or one flat tensor over the batch's nodes, selecting the absorber and
+    its first shell (:func:`xastruct.embed.absorber_mask`).
+    """
+
+    def __init__(self, *, encoder: nn.Module, head: SpectrumHead):
+        super().__init__()
+        if head.d_embed != encoder.d_out:
+            raise ValueError(f"head expects d_embed={head.d_embed}, encoder gives {encoder.d_out}")
+        self.encoder = encoder
+        self.head = head
+
+    def featurize(self, structures) -> list:
+        return [self.encoder.featurize(s) for s in structures]
+
+    def embed_sites(self, graphs: Sequence, site_mask) -> torch.Tensor:
+        """Pooled site embeddings (B, d) before the head."""
+        h, batch = self.encoder(graphs)
+        sizes = torch.bincount(batch, minlength=len(graphs)).tolist()
+        mask = _flat_mask(site_mask, sizes, h.device)
+        return masked_mean(h, batch, mask, len(graphs))
+
+    def forward(self, graphs: Sequence, site_mask) -> torch.Tensor:
+        return self.head(self.embed_sites(graphs, site_mask))
+
+
+# ----------------------------------------------------------------------------------------------
+# Inverse models
+# ----------------------------------------------------------------------------------------------
+
+
+def _present_rows(x: torch.Tensor | None, present: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row mask of available spectra and NaN-free inputs.
+
+    Missing rows are those with ``present`` False or, when not given, any non-finite value; their
+    inputs are zero-filled (NaN would poison the gradients even where unused).
+    """
+    if x is None:
+        if present is not None and bool(torch.as_tensor(present).any()):
+            raise ValueError("a spectrum is flagged present but none was given")
+        return torch.zeros(n, dtype=torch.bool, device=device), None
+    x = x.to(device=device, dtype=torch.float32)
+    finite = torch.isfinite(x).all(dim=-1)
+    pres = finite if present is None else torch.as_tensor(present, device=device).bool()
+    if pres.shape != (x.shape[0],):
+        raise ValueError(f"presence mask has shape {tuple(pres.shape)} for {x.shape[0]} rows")
+    if bool((pres & ~finite).any()):
+        raise ValueError("a spectrum flagged present contains NaN/inf")
+    return pres, torch.where(pres[:, None], x, torch.zeros((), device=device))
+
+
+def _batch_size(*tensors) -> int:
+    for t in tensors:
+        if t is not None:
+            return int(t.shape[0])
+    raise ValueError("no input given")
+
+
+def _fill_missing(fn, inputs: tuple, present: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """``fn`` on the present rows only (so BatchNorm statistics never see placeholder rows); the
+    learned ``missing`` vector elsewhere."""
+    n = present.shape[0]
+    out = missing.expand(n, -1)
+    if bool(present.any()):
+        idx = torch.nonzero(present).flatten()
+        out = out.index_put((idx,), fn(*(t[idx] for t in inputs)))
+    return out
+
+
+class NeighborClassifier(ModelIO, nn.Module):
+    """XANES and/or EXAFS absorption vectors -> class logits (e.g. dominant neighbour element, CN).
+
+    Each kind is embedded by its own MLP (``d_embed``); a missing kind (``None``, a row flagged False
+    in ``has_xanes``/``has_exafs``, or an all-NaN row) is replaced by a learned "missing" embedding;
+    the two embeddings are concatenated and classified by a further MLP.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_xanes: int,
+        n_exafs: int,
+        n_classes: int,
+        d_embed: int = 64,
+        d_hidden: int = 128,
+        n_layers: int = 3,
+        arch: str = "sgmlp",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.n_classes = n_classes
+        mk = functools.partial(make_mlp, arch=arch, d_hidden=d_hidden, n_layers=n_layers, dropout=dropout)
+        self.xanes_embed = mk(d_in=n_xanes, d_out=d_embed)
+        self.exafs_embed = mk(d_in=n_exafs, d_out=d_embed)
+        self.xanes_missing = nn.Parameter(torch.zeros(d_embed))
+        self.exafs_missing = nn.Parameter(torch.zeros(d_embed))
+        self.classifier = mk(d_in=2 * d_embed, d_out=n_classes)
+
+    def forward(
+        self,
+        *,
+        xanes: torch.Tensor | None = None,
+        exafs: torch.Tensor | None = None,
+        has_xanes: torch.Tensor | None = None,
+        has_exafs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        n, dev = _batch_size(xanes, exafs), self.device
+        px, xanes = _present_rows(xanes, has_xanes, n, dev)
+        pe, exafs = _present_rows(exafs, has_exafs, n, dev)
+        zx = _fill_missing(self.xanes_embed, (xanes,), px, self.xanes_missing)
+        ze = _fill_missing(self.exafs_embed, (exafs,), pe, self.exafs_missing)
+        return self.classifier(torch.cat([zx, ze], dim=-1))
+
+    def predict_proba(self, **inputs) -> torch.Tensor:
+        return torch.softmax(self(**inputs), dim=-1)
+
+
+#: Absorption edges known to the MNND model's edge one-hot.
+EDGES: tuple[str, ...] = ("K", "L1", "L2", "L3")
+
+
+def edge_code(edge: str | Sequence[str]) -> torch.Tensor:
+    """Edge name(s) -> index tensor for :class:`MNNDRegressor` (``"K"`` -> 0, ...)."""
+    names = [edge] if isinstance(edge, str) else list(edge)
+    try:
+        return torch.tensor([EDGES.index(e.upper()) for e in names], dtype=torch.long)
+    except ValueError:
+        raise ValueError(f"unknown edge in {names}; known: {EDGES}") from None
+
+
+class Prediction(NamedTuple):
+    """Regression output: mean (B,), and variance (B,) when the model has a variance head."""
+
+    mean: torch.Tensor
+    var: torch.Tensor | None
+
+
+class _ConvBlock(nn.Module):
+    """Conv1D -> BatchNorm -> ReLU -> AvgPool over the (energy, absorption) embedding pair."""
+
+    def __init__(self, channels: int, kernel_size: int, pool: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(2, channels, kernel_size, padding=kernel_size // 2),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+            nn.AvgPool1d(pool),
+            nn.Flatten(),
+        )
+
+    def forward(self, e: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.stack([e, mu], dim=1))
+
+
+class MNNDRegressor(ModelIO, nn.Module):
+    """Spectra -> mean nearest-neighbour distance (MNND), one universal model for all absorbers.
+
+    Per kind (XANES, EXAFS): an MLP embeds the energy vector (for EXAFS: whatever abscissa the
+    dataset uses, e.g. k) and another the absorption vector, both to ``d_embed``; the two
+    embeddings are stacked as 2 channels of a length-``d_embed`` sequence and pass a
+    Conv1D -> BatchNorm -> ReLU -> AvgPool block. Both kinds' flattened features (plus, with
+    ``use_element``, an absorber-element embedding and the edge one-hot) feed an MLP regressor.
+    Energies should be given relative to the edge and scaled to O(1) by the caller.
+
+    A missing kind (None / flagged False / NaN row) uses a learned placeholder feature vector.
+    ``variance=True`` adds a second output, the log-variance, so each prediction carries a
+    Gaussian uncertainty (train with :meth:`loss`, the Gaussian NLL). Targets are modelled in
+    standardised units ``(y - target_mean) / target_std``; outputs are in physical units.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_xanes: int,
+        n_exafs: int,
+        d_embed: int = 64,
+        channels: int = 16,
+        kernel_size: int = 5,
+        pool: int = 4,
+        d_hidden: int = 128,
+        n_layers: int = 3,
+        arch: str = "sgmlp",
+        dropout: float = 0.0,
+        use_element: bool = False,
+        max_z: int = 103,
+        d_element: int = 16,
+        variance: bool = False,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+    ):
+        super().__init__()
+        if d_embed % pool:
+            raise ValueError(f"d_embed={d_embed} must be divisible by pool={pool}")
+        if target_std <= 0:
+            raise ValueError(f"target_std must be > 0, got {target_std}")
+        self.use_element, self.variance = use_element, variance
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
+        mk = functools.partial(make_mlp, arch=arch, d_hidden=d_hidden, n_layers=n_layers, dropout=dropout)
+        self.xanes_e = mk(d_in=n_xanes, d_out=d_embed)
+        self.xanes_mu = mk(d_in=n_xanes, d_out=d_embed)
+        self.exafs_e = mk(d_in=n_exafs, d_out=d_embed)
+        self.exafs_mu = mk(d_in=n_exafs, d_out=d_embed)
+        self.xanes_conv = _ConvBlock(channels, kernel_size, pool)
+        self.exafs_conv = _ConvBlock(channels, kernel_size, pool)
+        n_feat = channels * (d_embed // pool)
+        self.xanes_missing = nn.Parameter(torch.zeros(n_feat))
+        self.exafs_missing = nn.Parameter(torch.zeros(n_feat))
+        d_in = 2 * n_feat
+        if use_element:
+            self.element_embed = nn.Embedding(max_z + 1, d_element)
+            d_in += d_element + len(EDGES)
+        self.regressor = mk(d_in=d_in, d_out=2 if variance else 1)
+
+    @staticmethod
+    def _kind_features(e_mlp, mu_mlp, conv):
+        return lambda e, mu: conv(e_mlp(e), mu_mlp(mu))
+
+    def forward(
+        self,
+        *,
+        xanes_energy: torch.Tensor | None = None,
+        xanes_mu: torch.Tensor | None = None,
+        exafs_energy: torch.Tensor | None = None,
+        exafs_mu: torch.Tensor | None = None,
+        has_xanes: torch.Tensor | None = None,
+        has_exafs: torch.Tensor | None = None,
+        element: torch.Tensor | None = None,
+        edge: torch.Tensor | None = None,
+    ) -> Prediction:
+        n, dev = _batch_size(xanes_mu, exafs_mu, xanes_energy, exafs_energy), self.device
+        feats = []
+        for e, mu, has, e_mlp, mu_mlp, conv, missing, kind in (
+            (xanes_energy, xanes_mu, has_xanes, self.xanes_e, self.xanes_mu, self.xanes_conv, self.xanes_missing, "xanes"),
+            (exafs_energy, exafs_mu, has_exafs, self.exafs_e, self.exafs_mu, self.exafs_conv, self.exafs_missing, "exafs"),
+        ):
+            if (e is None) != (mu is None):
+                raise ValueError(f"{kind}: give both the energy and the absorption vector, or neither")
+            pe, e = _present_rows(e, has, n, dev)
+            pm, mu = _present_rows(mu, has, n, dev)
+            # a row whose energy or absorption vector is missing counts as missing
+            feats.append(_fill_missing(self._kind_features(e_mlp, mu_mlp, conv), (e, mu), pe & pm, missing))
+        if self.use_element:
+            if element is None or edge is None:
+                raise ValueError("this model was built with use_element=True: pass element (Z) and edge (edge_code)")
+            element = torch.as_tensor(element, device=dev).long().reshape(n)
+            edge = torch.as_tensor(edge, device=dev).long().reshape(n)
+            feats += [self.element_embed(element), F.one_hot(edge, len(EDGES)).float()]
+        out = self.regressor(torch.cat(feats, dim=-1))
+        mean = self.target_mean + self.target_std * out[:, 0]
+        if not self.variance:
+            return Prediction(mean, None)
+        # clamp keeps exp() finite and strictly positive early in training
+        log_var = out[:, 1].clamp(-15.0, 15.0)
+        return Prediction(mean, self.target_std**2 * torch.exp(log_var))
+
+    def loss(self, pred: Prediction, target: torch.Tensor) -> torch.Tensor:
+        """Gaussian NLL with a variance head, else MSE; both in standardised target units."""
+        target = target.to(pred.mean.device, pred.mean.dtype).reshape(pred.mean.shape)
+        s = self.target_std
+        if pred.var is None:
+            return F.mse_loss(pred.mean / s, target / s)
+        return F.gaussian_nll_loss(pred.mean / s, target / s, pred.var / s**2, full=True)

@@ -1,0 +1,357 @@
+"""The SQL store: engines, migrations, bulk Arrow writes, read-only queries.
+
+DuckDB file by default, PostgreSQL by URL. The store migrates itself to head on first use.
+Bulk writes go through Arrow (DuckDB scans a registered Arrow table; PostgreSQL gets COPY), never
+row-by-row ORM; each batch runs inside the caller's transaction so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from alembic.ddl.impl import DefaultImpl
+
+from . import __version__
+from .errors import ReadOnlyError, StoreError
+from .schema import metadata
+
+DEFAULT_URL = "duckdb:///./xastruct.duckdb"
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
+SQL_DIR = ROOT / "sql"
+
+
+class DuckDBImpl(DefaultImpl):
+    """Alembic knows no 'duckdb' dialect; DuckDB speaks PostgreSQL-flavoured DDL."""
+
+    __dialect__ = "duckdb"
+    transactional_ddl = True
+
+
+def resolve_url(url: str | None = None) -> str:
+    return url or os.environ.get("XASTRUCT_DB") or DEFAULT_URL
+
+
+def is_duckdb(engine_or_conn) -> bool:
+    return engine_or_conn.dialect.name == "duckdb"
+
+
+def _duckdb_path(url: str) -> Path | None:
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() != "duckdb" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+_ENGINES: dict[tuple[str, bool], sa.Engine] = {}
+
+
+def get_engine(url: str | None = None, *, migrate: bool = True) -> sa.Engine:
+    """Engine for `url` (or $XASTRUCT_DB, or the default DuckDB file), migrated to head."""
+    url = resolve_url(url)
+    cache_key = (url, migrate)
+    if cache_key in _ENGINES:
+        return _ENGINES[cache_key]
+    path = _duckdb_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+    except Exception as exc:  # driver-specific errors: say which URL and what to check
+        raise StoreError(
+            f"cannot open the store at {url}: {exc} (fix: check --db / XASTRUCT_DB; a DuckDB file "
+            "allows one writing process at a time, so close other xastruct commands on it)"
+        ) from exc
+    if migrate:
+        from alembic.runtime.migration import MigrationContext
+
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head_revision():
+            upgrade(engine, "head")
+    _ENGINES[cache_key] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    for eng in _ENGINES.values():
+        eng.dispose()
+    _ENGINES.clear()
+
+
+# ------------------------------------------------------------------------------------- migrations
+def alembic_config(engine: sa.Engine | None = None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _run_alembic(engine: sa.Engine, fn, revision: str) -> None:
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        fn(cfg, revision)
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    _run_alembic(engine, command.upgrade, revision)
+
+
+def downgrade(engine: sa.Engine, revision: str = "base") -> None:
+    from alembic import command
+
+    _run_alembic(engine, command.downgrade, revision)
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def view_sql(name: str) -> str:
+    """SQL text of a view in sql/views (migrations create views from these files)."""
+    return (SQL_DIR / "views" / f"{name}.sql").read_text()
+
+
+# ------------------------------------------------------------------------------------ bulk writes
+def _jsonify(value: Any) -> Any:
+    # a str is taken as JSON text already (e.g. read back from parquet), not re-encoded
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=float)
+
+
+def to_arrow(rows: Sequence[dict], table: str) -> pa.Table:
+    """Rows (dicts) -> Arrow table typed after the schema; JSON columns become JSON text."""
+    tbl = metadata.tables[table]
+    cols = [c for c in tbl.columns if any(c.name in r for r in rows[:1])]
+    arrays, fields = [], []
+    for col in cols:
+        values = [r.get(col.name) for r in rows]
+        t = col.type
+        if isinstance(t, sa.JSON):
+            values = [_jsonify(v) for v in values]
+            typ = pa.string()
+        elif isinstance(t, sa.ARRAY):
+            values = [None if v is None else [float(x) for x in v] for v in values]
+            typ = pa.list_(pa.float64())
+        elif isinstance(t, sa.Double):
+            typ = pa.float64()
+        elif isinstance(t, (sa.BigInteger, sa.Integer)):
+            typ = pa.int64()
+        elif isinstance(t, sa.Boolean):
+            typ = pa.bool_()
+        elif isinstance(t, sa.DateTime):
+            typ = pa.timestamp("us")
+        else:
+            typ = pa.string()
+        arrays.append(pa.array(values, type=typ))
+        fields.append(pa.field(col.name, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def bulk_insert(conn: sa.Connection, table: str, rows: Sequence[dict] | pa.Table) -> int:
+    """Insert rows, skipping those whose unique key already exists. Returns rows inserted.
+
+    Runs inside the caller's transaction (use ``with engine.begin() as conn``).
+    """
+    data = rows if isinstance(rows, pa.Table) else (to_arrow(rows, table) if rows else None)
+    if data is None or data.num_rows == 0:
+        return 0
+    cols = data.column_names
+    col_list = ", ".join(f'"{c}"' for c in cols)
+    json_cols = {c.name for c in metadata.tables[table].columns if isinstance(c.type, sa.JSON)}
+    if is_duckdb(conn):
+        raw = conn.connection.driver_connection
+        name = f"_xastruct_batch_{table}"
+        raw.register(name, data)
+        try:
+            select = ", ".join(
+                f'CAST("{c}" AS JSON)' if c in json_cols else f'"{c}"' for c in cols
+            )
+            # DuckDB returns the number of rows actually inserted (conflicts excluded).
+            inserted = conn.exec_driver_sql(
+                f"INSERT INTO {table} ({col_list}) SELECT {select} FROM {name} ON CONFLICT DO NOTHING"
+            ).scalar()
+        finally:
+            raw.unregister(name)
+        return int(inserted or 0)
+    # PostgreSQL: COPY into a temp table, then one INSERT ... ON CONFLICT DO NOTHING.
+    raw = conn.connection.driver_connection
+    tmp = f"_xastruct_batch_{table}"
+    with raw.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        cur.execute(f"TRUNCATE {tmp}")
+        with cur.copy(f"COPY {tmp} ({col_list}) FROM STDIN") as copy:
+            for row in data.to_pylist():
+                copy.write_row([row[c] for c in cols])
+        cur.execute(
+            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {tmp} ON CONFLICT DO NOTHING"
+        )
+        n = cur.rowcount
+        cur.execute(f"TRUNCATE {tmp}")
+    return int(n)
+
+
+def lookup_ids(conn: sa.Connection, table: str, key: str, values: Iterable) -> dict:
+    """Map natural-key value -> id for existing rows (chunked IN queries)."""
+    values = list(dict.fromkeys(values))
+    out: dict = {}
+    tbl = metadata.tables[table]
+    for i in range(0, len(values), 5000):
+        chunk = values[i : i + 5000]
+        q = sa.select(tbl.c[key], tbl.c.id).where(tbl.c[key].in_(chunk))
+        out.update({k: v for k, v in conn.execute(q)})
+    return out
+
+
+def site_ids(conn: sa.Connection, structure_ids: Iterable[int]) -> dict[tuple[int, int], int]:
+    """(structure_id, site_index) -> site id for the given structures."""
+    from .schema import sites
+
+    ids = list(dict.fromkeys(structure_ids))
+    out: dict[tuple[int, int], int] = {}
+    for i in range(0, len(ids), 5000):
+        q = sa.select(sites.c.structure_id, sites.c.site_index, sites.c.id).where(
+            sites.c.structure_id.in_(ids[i : i + 5000])
+        )
+        out.update({(s, j): k for s, j, k in conn.execute(q)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- runs
+@contextmanager
+def run_record(engine: sa.Engine, command: str, args: dict):
+    """Record a command run in `runs`; yields a dict the caller fills as its summary."""
+    from .schema import runs
+
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.insert(runs)
+            .values(
+                command=command,
+                args=args,
+                status="running",
+                version=__version__,
+                host=socket.gethostname(),
+            )
+            .returning(runs.c.id)
+        ).scalar_one()
+    summary: dict = {"run_id": run_id}
+    status = "failed"
+    try:
+        yield summary
+        status = "done"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    status=status,
+                    summary=json.loads(json.dumps(summary, default=str)),
+                    finished_at=sa.func.current_timestamp(),
+                )
+            )
+
+
+# ---------------------------------------------------------------------------------- read-only SQL
+WRITE_REFUSED = (
+    "the sql command is read-only: writes and DDL are refused by the database connection "
+    "(fix: use the xastruct ingest/simulate/train/screen commands to change the store)"
+)
+
+
+def readonly_query(url: str | None, query: str) -> tuple[list[str], list[tuple]]:
+    """Run one query on a connection the database itself makes read-only."""
+    url = resolve_url(url)
+    get_engine(url)  # make sure the store exists and is migrated before opening it read-only
+    dispose_engines()  # DuckDB cannot open a file read-only while this process holds it writable
+    path = _duckdb_path(url)
+    if path is not None or sa.engine.make_url(url).get_backend_name() == "duckdb":
+        import duckdb
+
+        con = duckdb.connect(
+            str(path) if path else ":memory:",
+            read_only=path is not None,
+            # no COPY TO / ATTACH / file writes: the file is read-only and so is the rest of the disk
+            config={"enable_external_access": False},
+        )
+        try:
+            cur = con.execute(query)
+            names = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if cur.description else []
+        except duckdb.Error as exc:
+            if _is_write_refusal(str(exc)):
+                raise ReadOnlyError(f"{WRITE_REFUSED}; database said: {exc}") from exc
+            raise StoreError(f"query failed: {exc}") from exc
+        finally:
+            con.close()
+        return names, rows
+    import psycopg
+
+    u = sa.engine.make_url(url)
+    conninfo = dict(
+        host=u.host or "localhost",
+        port=u.port or 5432,
+        user=u.username,
+        password=u.password,
+        dbname=u.database,
+        options="-c default_transaction_read_only=on",
+    )
+    with psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}) as con:
+        con.read_only = True
+        try:
+            with con.cursor() as cur:
+                # prepare=True uses the extended protocol: exactly one statement, no "COMMIT; DROP"
+                cur.execute(query, prepare=True)
+                names = [d.name for d in cur.description] if cur.description else []
+                rows = cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            if _is_write_refusal(str(exc)):
+                raise ReadOnlyError(f"{WRITE_REFUSED}; database said: {exc}") from exc
+            raise StoreError(f"query failed: {exc}") from exc
+    return names, rows
+
+
+def _is_write_refusal(msg: str) -> bool:
+    m = msg.lower()
+    return any(
+        s in m
+        for s in (
+            "read-only",
+            "read only",
+            "readonly",
+            "cannot execute",
+            "external access",
+            "file system operations are disabled",
+            "multiple commands",
+            "cannot insert multiple commands",
+        )
+    )
