@@ -144,6 +144,7 @@ def compare(sim: dict, ref: np.ndarray) -> dict:
     out["cos_abs"] = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
     out["mae_abs"] = float(np.mean(np.abs(a - b)))
     out["edge_shift"] = _half_step(sim["energies"], sim_n) - _half_step(ref_omega, ref_n)
+    out["de0"] = sim["e0"] - (ref_omega[0] - ref_e[0])
     return out
 
 
@@ -172,7 +173,8 @@ def xanes_study(data: Path, quick: bool, tmp: Path) -> list[dict]:
                        **compare(res, ref)}
                 rows.append(row)
                 log(f"XANES {label} fms={fms} scf={scf}: {res['seconds']:.1f} s "
-                    f"cos_abs={row['cos_abs']:.4f} cos_e0={row['cos_e0']:.4f} shift={row['edge_shift']:+.1f} eV"
+                    f"cos_abs={row['cos_abs']:.4f} cos_e0={row['cos_e0']:.4f} shift={row['edge_shift']:+.1f} eV "
+                    f"dE0={row['de0']:+.2f} eV"
                     + (" (SCF fallback)" if res["scf_fallback"] else ""))
     return rows
 
@@ -243,19 +245,19 @@ def write_report(ex: list[dict], xa: list[dict], total: float, quick: bool) -> N
         " Cluster radius = FMS + 2 A, SCF radius 4.0 A, COREHOLE FSR, XANES kmax 6.0."
         " Both spectra normalised by their mean mu 60-120 eV above E0. `abs`: on the absolute energy axis;"
         " `E0`: each aligned at its own E0 (FEFF's Fermi level, where k = 0). `shift`: half-step edge"
-        " position sim - ref (eV).",
+        " position sim - ref (eV); `dE0`: E0 sim - ref (eV).",
         "",
-        "| site | FMS | SCF | s | cos abs | MAE abs | cos E0 | MAE E0 | shift (eV) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| site | FMS | SCF | s | cos abs | MAE abs | cos E0 | MAE E0 | shift (eV) | dE0 (eV) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in xa:
         if "failed" in r:
-            lines.append(f"| {r['site']} | {r['fms']:.0f} | {'on' if r['scf'] else 'off'} | | | | | | | "
+            lines.append(f"| {r['site']} | {r['fms']:.0f} | {'on' if r['scf'] else 'off'} | | | | | | | | "
                          f"failed: {r['failed']} |")
             continue
         lines.append(f"| {r['site']} | {r['fms']:.0f} | {'on' if r['scf'] else 'off'} | {r['seconds']:.1f} | "
                      f"{r['cos_abs']:.4f} | {r['mae_abs']:.3f} | {r['cos_e0']:.4f} | {r['mae_e0']:.3f} | "
-                     f"{r['edge_shift']:+.1f} | {'SCF fallback' if r['scf_fallback'] else ''} |")
+                     f"{r['edge_shift']:+.1f} | {r['de0']:+.2f} | {'SCF fallback' if r['scf_fallback'] else ''} |")
     ok = [r for r in xa if "failed" not in r]
     if ok:
         lines += ["", "Means over sites:", "",

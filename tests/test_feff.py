@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import pytest
-from .conftest import CU_FEFF9, needs_shared
 from pymatgen.core import Lattice, Structure
 
 from xastruct import feff
 from xastruct.errors import InputError
+
+from .conftest import CU_FEFF9, needs_shared
 
 
 def index_of(structure, element):

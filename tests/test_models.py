@@ -337,7 +337,8 @@ def test_mnnd_trains_and_beats_mean_predictor():
     assert pred.var is None and pred.mean.shape == (128,)
     mse = float(((pred.mean - y_te) ** 2).mean())
     baseline = float(((y_tr.mean() - y_te) ** 2).mean())
-    assert mse < 0.2 * baseline, (mse, baseline)
+    # 4 seeds tried: mse / baseline = 0.001-0.006
+    assert mse < 0.05 * baseline, (mse, baseline)
 
 
 def test_mnnd_variance_head_element_edge_and_missing_kinds():
@@ -376,27 +377,28 @@ def test_mnnd_variance_head_element_edge_and_missing_kinds():
 
 
 def test_mnnd_nll_learns_uncertainty():
-    """Samples with noisier targets get larger predicted variance after NLL training."""
+    """Absorbers of one element have 15x noisier targets: NLL training gives them larger variance."""
     _seed(4)
     x, s = _synthetic_spectra(256, seed=4)
     noisy = torch.arange(256) % 2 == 1
-    # the noise level is visible in the input through a flag in the EXAFS tail
-    x["exafs_mu"][:, -1] = noisy.float()
+    z = torch.where(noisy, 26, 29)
+    edge = torch.zeros(256, dtype=torch.long)
     y = s + torch.where(noisy, 0.3, 0.02) * torch.randn(256)
     model = M.MNNDRegressor(
-        n_xanes=40, n_exafs=32, d_embed=16, channels=4, d_hidden=32, variance=True,
+        n_xanes=40, n_exafs=32, d_embed=16, channels=4, d_hidden=32, variance=True, use_element=True,
         target_mean=float(y.mean()), target_std=float(y.std()),
     )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(100):
         idx = torch.randperm(256)[:64]
         opt.zero_grad()
-        model.loss(model(**{k: v[idx] for k, v in x.items()}), y[idx]).backward()
+        model.loss(model(**{k: v[idx] for k, v in x.items()}, element=z[idx], edge=edge[idx]), y[idx]).backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        var = model(**x).var
-    assert float(var[noisy].median()) > 3 * float(var[~noisy].median())
+        var = model(**x, element=z, edge=edge).var
+    # 8 seeds tried: ratio 12-91 (true ratio of noise variances: 225)
+    assert float(var[noisy].median()) > 4 * float(var[~noisy].median())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -233,9 +233,7 @@ def write_feff_inp(
     (the absorber's element gets its own ipot for the non-absorbing copies).
     """
     kind = _check_kind(kind)
-    p = resolve_params(kind, params)
-    if radius is not None:
-        p = resolve_params(kind, {**(params or {}), "cluster_radius": radius})
+    p = resolve_params(kind, {**(params or {}), **({} if radius is None else {"cluster_radius": radius})})
     coords, species = absorber_cluster(structure, site_index, radius=p["cluster_radius"])
     source = f"structure {structure.formula} site {site_index}"
     absorber = structure[int(site_index)].specie

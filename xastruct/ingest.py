@@ -429,10 +429,15 @@ def parse_structure_item(args) -> Parsed:
 def ingest_structures(engine, path, *, elements=None, workers: int = 1, progress_factory=None) -> dict:
     from .readers import read_structures
 
+    from .readers import _structure_kind
+
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.exists() else None
-    if files is None:
+    if not p.exists():
         raise InputError(p, "path does not exist", "give a structure file or a folder of them")
+    # in a folder, files that are not structure files (notes, a store) are not errors
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and _structure_kind(f))
+    if not files:
+        raise InputError(p, "no structure files found", "expected *.cif, POSCAR/CONTCAR, *.vasp, *.json or *.extxyz")
     args, errors = [], []
     for f in files:
         try:

@@ -251,7 +251,14 @@ def structure_problems(structure, min_ratio: float = 0.7) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # neighbours and environments (cheap cutoff estimate; CrystalNN is the project's labeller but slow)
 # --------------------------------------------------------------------------------------------------
-def neighbour_shells(structure, tol: float = 0.2, rmax: float = 6.0) -> list[list[int]]:
+# Shell tolerance of the coverage estimate: 0.12 keeps the 8 first neighbours of CsCl / bcc (the next
+# shell sits at 1.155 d). The selection heuristic uses a looser 0.2 (_SELECTION_TOL) to see distorted
+# polyhedra as one environment; it is frozen because relax-cache keys depend on the selection order.
+COVERAGE_TOL = 0.12
+_SELECTION_TOL = 0.2
+
+
+def neighbour_shells(structure, tol: float = COVERAGE_TOL, rmax: float = 6.0) -> list[list[int]]:
     """For each site, indices of the sites within (1 + tol) x its nearest-neighbour distance."""
     centers, points, _, dists = structure.get_neighbor_list(r=rmax)
     shells: list[list[int]] = [[] for _ in range(len(structure))]
@@ -281,9 +288,9 @@ def inequivalent_sites(structure, symprec: float = 0.1) -> list[tuple[int, int]]
         return [(i, 1) for i in range(len(structure))]
 
 
-def site_environments(structure, symprec: float = 0.1) -> list[dict[str, Any]]:
+def site_environments(structure, symprec: float = 0.1, tol: float = COVERAGE_TOL) -> list[dict[str, Any]]:
     """Element, CN, neighbour counts and dominant neighbour of each inequivalent site (cutoff estimate)."""
-    shells = neighbour_shells(structure)
+    shells = neighbour_shells(structure, tol)
     syms = [site.specie.symbol for site in structure]
     out = []
     for rep, mult in inequivalent_sites(structure, symprec):
@@ -432,7 +439,7 @@ def _prepare(pid, name, source_file, index, s) -> _Proto | None:
     index_of = {k: i for i, k in enumerate(keys)}
     site_group = [index_of[(sym, q)] for sym, q in zip(syms, valences)]
     group_n = [site_group.count(i) for i in range(len(keys))]
-    shells = neighbour_shells(s)
+    shells = neighbour_shells(s, _SELECTION_TOL)
     rcov = _covalent_radii()
     dimer = []
     for gi, (sym, q) in enumerate(keys):

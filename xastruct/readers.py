@@ -243,15 +243,24 @@ def normalize(
     if e0 is None:
         if calculated:
             e0 = _max_derivative_e0(e, m)
+            if e0 in (e[0], e[-1]):
+                raise InputError(
+                    src, "no edge found: mu does not rise anywhere inside the data range",
+                    "check that the file holds data across the absorption edge",
+                )  # fmt: skip
         else:
             from larch.xafs.pre_edge import find_e0
 
             try:
-                e0 = float(find_e0(e, m))
+                with warnings.catch_warnings():
+                    # larch's step estimate takes the mean of an empty slice below ~100 points
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    e0 = float(find_e0(e, m))
             except Exception as exc:  # larch raises bare numpy errors on pathological data
                 raise InputError(src, f"could not locate the edge (E0): {exc}") from None
     e0 = float(e0)
-    if not math.isfinite(e0) or not e[0] < e0 < e[-1]:
+    # FEFF EXAFS output starts exactly at E0 (the Fermi level): allowed for calculated spectra
+    if not math.isfinite(e0) or not (e[0] <= e0 if calculated else e[0] < e0) or not e0 < e[-1]:
         raise InputError(
             src,
             f"E0 = {e0} eV is outside the data range {e[0]:.2f}-{e[-1]:.2f} eV",

@@ -146,7 +146,11 @@ def _result_rows(job: dict, res: dict, site_ids: dict) -> dict | None:
     energies = np.asarray(res["energies"], float)
     mu = np.asarray(res["mu"], float)
     try:
-        e0, step, mu_norm = normalize(energies, mu, e0=res.get("e0"), source=f"job {job['key'][:12]}")
+        # calculated spectra: zero baseline by construction, no pre-edge fit (see readers.normalize)
+        # FEFF's E0 (Fermi level) can print a few meV below its own first grid point
+        e0_feff = None if res.get("e0") is None else max(float(res["e0"]), float(energies[0]))
+        e0, step, mu_norm = normalize(energies, mu, e0=e0_feff, source=f"job {job['key'][:12]}",
+                                      calculated=True)
         normalized = True
     except InputError:
         e0, step, mu_norm, normalized = res.get("e0"), None, mu, False
@@ -235,9 +239,10 @@ def execute(
     timeout: float | None = None,
     scratch_root: str | None = None,
     run_id: int | None = None,
-    flush_every: int = 20,
-    flush_seconds: float = 10.0,
+    flush_every: int = 8,
+    flush_seconds: float = 3.0,
     progress: Callable[[int], None] | None = None,
+    on_flush: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run jobs on dask (LocalCluster with `workers` processes, or a scheduler address)."""
     from distributed import Client, LocalCluster, as_completed
@@ -280,6 +285,8 @@ def execute(
                 for k, v in write_results(engine, pending, run_id=run_id).items():
                     totals[k] += v
                 pending, last = [], time.monotonic()
+                if on_flush:
+                    on_flush(dict(totals))
         if pending:
             for k, v in write_results(engine, pending, run_id=run_id).items():
                 totals[k] += v
@@ -307,6 +314,7 @@ def simulate(
     where: str | None = None,
     scratch_root: str | None = None,
     progress_factory=None,
+    on_flush: Callable[[dict], None] | None = None,
 ) -> dict:
     """Plan and run: the whole `xastruct simulate` command."""
     info = plan(engine, elements=elements, edge=edge, kind=kind, code=code, params=params, radius=radius,
@@ -319,10 +327,11 @@ def simulate(
         if progress_factory and todo:
             with progress_factory(len(todo), f"{info['code']} {kind} {edge}") as adv:
                 totals = execute(engine, todo, workers=workers, scheduler=scheduler, timeout=timeout,
-                                 scratch_root=scratch_root, run_id=summary["run_id"], progress=adv)
+                                 scratch_root=scratch_root, run_id=summary["run_id"], progress=adv,
+                                 on_flush=on_flush)
         else:
             totals = execute(engine, todo, workers=workers, scheduler=scheduler, timeout=timeout,
-                             scratch_root=scratch_root, run_id=summary["run_id"])
+                             scratch_root=scratch_root, run_id=summary["run_id"], on_flush=on_flush)
         with engine.connect() as conn:
             skipped = conn.execute(
                 sa.select(sa.func.count()).select_from(jobs_t).where(

@@ -8,7 +8,7 @@ import click
 
 from .. import simulate as sim
 from .. import store
-from .common import db_option, out, print_summary, progress_bar
+from .common import console, db_option, is_tty, print_summary, progress_bar
 
 
 @click.command("simulate")
@@ -35,7 +35,9 @@ def simulate(elements, edge, kind, code, radius, params_json, workers, scheduler
     res = sim.simulate(eng, elements=els, edge=edge, kind=kind.upper(), code=code, params=params, radius=radius,
                        workers=workers, scheduler=scheduler, limit=limit, timeout=timeout,
                        retry_failed=retry_failed, where=where, scratch_root=sim.scratch_default(),
-                       progress_factory=progress_bar)
+                       progress_factory=progress_bar,
+                       # logs (no terminal) get a line per committed batch: what is safely stored
+                       on_flush=None if is_tty() else lambda t: console.print(f"committed: {t}", highlight=False))
     print_summary(
         f"simulate {res['code']} {kind.upper()} {edge} {','.join(els)}",
         {"jobs planned": res["planned"], "jobs run": res["ran"], "spectra done": res["done"],
