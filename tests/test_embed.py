@@ -23,7 +23,8 @@ def cu_conv():
 
 @pytest.fixture(scope="module")
 def cu_prim():
-    return Structure(Lattice([[0, A_CU / 2, A_CU / 2], [A_CU / 2, 0, A_CU / 2], [A_CU / 2, A_CU / 2, 0]]), ["Cu"], [[0, 0, 0]])
+    h = A_CU / 2
+    return Structure(Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), ["Cu"], [[0, 0, 0]])
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,10 @@ def test_chgnet_embeddings_match_frozen_encoder(embeddings, nacl):
 
 def test_chgnet_embedding_cache(tmp_path, monkeypatch, cu_conv, nacl, embeddings):
     calls = []
-    first = E.chgnet_site_embeddings([cu_conv, nacl], device="cpu", cache_dir=tmp_path, progress=lambda d, t: calls.append((d, t)))
+    def progress(done, total):
+        calls.append((done, total))
+
+    first = E.chgnet_site_embeddings([cu_conv, nacl], device="cpu", cache_dir=tmp_path, progress=progress)
     assert calls[-1] == (2, 2)
     files = sorted(tmp_path.glob("*.npz"))
     assert [f.stem for f in files] == sorted([E.structure_key(cu_conv), E.structure_key(nacl)])
@@ -188,7 +192,7 @@ def test_chgnet_embedding_cache(tmp_path, monkeypatch, cu_conv, nacl, embeddings
 
     monkeypatch.setattr(E, "_frozen_chgnet", boom)
     calls.clear()
-    cached = E.chgnet_site_embeddings([nacl, cu_conv], device="cpu", cache_dir=tmp_path, progress=lambda d, t: calls.append((d, t)))
+    cached = E.chgnet_site_embeddings([nacl, cu_conv], device="cpu", cache_dir=tmp_path, progress=progress)
     assert calls == [(2, 2)]
     np.testing.assert_array_equal(cached[0], first[1])
     np.testing.assert_array_equal(cached[1], first[0])

@@ -434,7 +434,10 @@ def _cases(cu, nacl, masks, chgnet_graphs):
         "MPNNEncoder": (lambda: M.MPNNEncoder(d=8, d_edge=16), lambda m: m(pyg)[0]),
         "CHGNetEncoder": (lambda: M.CHGNetEncoder(frozen=False), lambda m: m(chgnet_graphs)[0]),
         "ForwardModel": (
-            lambda: M.ForwardModel(encoder=M.GATEncoder(d=8, heads=2), head=M.SpectrumHead(d_embed=8, n_out=6, d_hidden=8, arch="sgmlp_linear")),
+            lambda: M.ForwardModel(
+                encoder=M.GATEncoder(d=8, heads=2),
+                head=M.SpectrumHead(d_embed=8, n_out=6, d_hidden=8, arch="sgmlp_linear"),
+            ),
             lambda m: m(pyg, mask_t),
         ),
         "NeighborClassifier": (
@@ -442,7 +445,10 @@ def _cases(cu, nacl, masks, chgnet_graphs):
             lambda m: m(xanes=spec["xanes_mu"], exafs=spec["exafs_mu"]),
         ),
         "MNNDRegressor": (
-            lambda: M.MNNDRegressor(n_xanes=40, n_exafs=32, d_embed=8, channels=4, pool=2, d_hidden=8, use_element=True, variance=True, target_mean=2.0),
+            lambda: M.MNNDRegressor(
+                n_xanes=40, n_exafs=32, d_embed=8, channels=4, pool=2, d_hidden=8,
+                use_element=True, variance=True, target_mean=2.0,
+            ),
             lambda m: torch.stack(m(**spec, element=torch.tensor([26, 29, 29, 8]), edge=torch.tensor([0, 0, 3, 0]))),
         ),
     }
@@ -484,12 +490,17 @@ def test_load_errors(tmp_path):
         M.load_model(bad)
     with pytest.raises(FileNotFoundError):
         M.load_model(tmp_path)
+    future = gl.todict()
+    future["format"] = M.FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match="newer"):
+        M.load_model(future)
 
 
 def test_config_is_json_and_nested(cu):
     fm = M.ForwardModel(encoder=M.GCNEncoder(d=8), head=M.SpectrumHead(d_embed=8, n_out=4))
     cfg = fm.config
-    assert cfg["encoder"] == {"__model__": "GCNEncoder", "config": {"d": 8, "n_layers": 3, "cutoff": 6.0, "n_gaussians": 32, "max_z": 103}}
+    enc_cfg = {"d": 8, "n_layers": 3, "cutoff": 6.0, "n_gaussians": 32, "max_z": 103}
+    assert cfg["encoder"] == {"__model__": "GCNEncoder", "config": enc_cfg}
     assert cfg["head"]["config"]["n_out"] == 4 and cfg["head"]["config"]["arch"] == "sgmlp"
     assert math.isclose(M.make_encoder("gcn", d=8).cutoff, 6.0)
     with pytest.raises(ValueError):

@@ -469,7 +469,9 @@ def spectra(draw, *, calculated=False):
         e += steps[region] * rng.uniform(0.5, 1.5)  # >= 0.05 eV: distinct after printing
     energy = np.array(grid)
     step = draw(st.floats(0.05, 5.0)) if not calculated else 1.0
-    base = (0.0, 0.0) if calculated else (draw(st.floats(-1, 3)), draw(st.floats(-1e-3, 1e-3)))
+    # baseline slope per eV relative to the step: transmission backgrounds fall by up to about
+    # half a step per 100 eV (thick or dilute samples)
+    base = (0.0, 0.0) if calculated else (draw(st.floats(-1, 3)), step * draw(st.floats(-5e-3, 2e-3)))
     mu = _edge_mu(energy, e0, step=step, pre=base, wiggle=draw(st.floats(0, 0.1)))
     mu = mu + draw(st.floats(0, 1e-3)) * step * rng.standard_normal(energy.size)
     return el, e0, step, energy, mu
@@ -495,7 +497,7 @@ def test_two_column_round_trip(tmp_path, spec, sep):
     np.testing.assert_allclose(rec.mu, mu, rtol=1e-8, atol=1e-12)
     assert rec.mu_norm is not None, rec.metadata.get("normalize_error")
     assert abs(rec.e0 - e0_true) < 3.0
-    assert rec.edge_step == pytest.approx(step, rel=0.12)
+    assert rec.edge_step == pytest.approx(step, rel=0.25)  # measured: 99th pct 13 %
     assert rec.kind == ("EXAFS" if energy[-1] - rec.e0 > 300 else "XANES")
 
 

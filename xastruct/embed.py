@@ -14,9 +14,11 @@
   ``get_neighbor_list`` (torch-cluster/pyg-lib ``radius_graph`` is not used: it is not periodic and
   pyg-lib is not installed).
 
-Throughput (2-core shared CPU, 1 torch thread, Cu K-edge materials averaging 46 atoms): about
-5 structures/s end to end, of which graph construction (CHGNet's converter) is ~40%. Small cells
-(<= 10 atoms) go several times faster.
+Throughput (measured on this project's 2-core CPU shared with FEFF/CHGNet jobs, load average ~7,
+1 torch thread; Cu K-edge materials from the shared dataset): 4.6 structures/s for cells of 50
+atoms on average, 39 structures/s for cells of <= 12 atoms (7 on average). Graph construction
+(CHGNet's converter, pymatgen neighbour lists) is ~40% of the time for the large cells. Under
+contention 2 threads were 3-10x slower than 1: pass ``num_threads=1`` on a busy machine.
 """
 
 from __future__ import annotations
@@ -124,7 +126,11 @@ def chgnet_site_embeddings(
     structures = list(structures)
     for i, s in enumerate(structures):
         if not s.is_ordered:
-            raise InputError(f"structure {i} ({s.composition.reduced_formula})", "is disordered; CHGNet needs one species per site", "order it first (e.g. pymatgen OrderDisorderedStructureTransformation)")
+            raise InputError(
+                f"structure {i} ({s.composition.reduced_formula})",
+                "is disordered; CHGNet needs one species per site",
+                "order it first (e.g. pymatgen OrderDisorderedStructureTransformation)",
+            )
     total = len(structures)
     out: list[np.ndarray | None] = [None] * total
     paths: list[Path | None] = [None] * total
@@ -171,7 +177,9 @@ def chgnet_site_embeddings(
 # ----------------------------------------------------------------------------------------------
 
 
-def first_shell(structure: Any, site_index: int, *, scale: float = 1.2, r_start: float = 4.0, r_max: float = 12.0) -> list[int]:
+def first_shell(
+    structure: Any, site_index: int, *, scale: float = 1.2, r_start: float = 4.0, r_max: float = 12.0
+) -> list[int]:
     """Site indices of atoms within ``scale`` x the nearest-neighbour distance of *site_index*.
 
     Periodic images are reported under their site index, once each (sorted). The search radius
@@ -187,7 +195,8 @@ def first_shell(structure: Any, site_index: int, *, scale: float = 1.2, r_start:
         if nbrs:
             break
         if r >= r_max:
-            raise InputError(f"site {site_index} of {structure.composition.reduced_formula}", f"no neighbour within {r_max} A")
+            where = f"site {site_index} of {structure.composition.reduced_formula}"
+            raise InputError(where, f"no neighbour within {r_max} A")
         r = min(r * 1.5, r_max)
     d_min = min(nb.nn_distance for nb in nbrs)
     shell = scale * d_min + 1e-6
@@ -232,9 +241,17 @@ def absorber_mask(
 
 
 def pooled_embedding(
-    atom_feas: np.ndarray, structure: Any, site_index: int, *, neighbors: Sequence[Any] | None = None, scale: float = 1.2
+    atom_feas: np.ndarray,
+    structure: Any,
+    site_index: int,
+    *,
+    neighbors: Sequence[Any] | None = None,
+    scale: float = 1.2,
 ) -> np.ndarray:
-    """Mean of *atom_feas* rows over the absorber and its first shell (see :func:`absorber_mask`)."""
+    """Mean of *atom_feas* rows over the absorber and its first shell (see :func:`absorber_mask`).
+
+    *structure* may be None when *neighbors* is given (the row count is then the atom count).
+    """
     atom_feas = np.asarray(atom_feas)
     n = len(structure) if structure is not None else atom_feas.shape[0]
     if atom_feas.shape[0] != n:
@@ -258,7 +275,9 @@ def structure_to_pyg(structure: Any, *, cutoff: float = 6.0):
     from torch_geometric.data import Data
 
     if not structure.is_ordered:
-        raise InputError(structure.composition.reduced_formula, "disordered structure: one species per site is needed", "order it first")
+        raise InputError(
+            structure.composition.reduced_formula, "disordered structure: one species per site is needed", "order it first"
+        )
     center, neighbor, _images, dist = structure.get_neighbor_list(r=cutoff, numerical_tol=1e-8)
     z = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
     edge_index = torch.from_numpy(np.stack([neighbor, center]).astype(np.int64))

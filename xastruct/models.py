@@ -214,6 +214,8 @@ class ModelIO:
             dct = json.loads((d / CONFIG_FILE).read_text())
             # weights_only: a weights file should never be able to run code on load
             state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        if int(dct.get("format", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise ValueError(f"model saved in format {dct['format']}, newer than this xastruct reads ({FORMAT_VERSION})")
         model = _build(dct["class"], dct["config"])
         if not isinstance(model, cls):
             raise TypeError(f"stored model is a {dct['class']}, not a {cls.__name__}")
@@ -535,7 +537,14 @@ class GATEncoder(_PeriodicGNN):
     conditioned on the Gaussian-expanded distance (``edge_dim``)."""
 
     def __init__(
-        self, *, d: int = 64, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103, heads: int = 4
+        self,
+        *,
+        d: int = 64,
+        n_layers: int = 3,
+        cutoff: float = 6.0,
+        n_gaussians: int = 32,
+        max_z: int = 103,
+        heads: int = 4,
     ):
         if d % heads:
             raise ValueError(f"d={d} must be divisible by heads={heads}")
@@ -560,7 +569,14 @@ class MPNNEncoder(_PeriodicGNN):
     """
 
     def __init__(
-        self, *, d: int = 32, n_layers: int = 3, cutoff: float = 6.0, n_gaussians: int = 32, max_z: int = 103, d_edge: int = 64
+        self,
+        *,
+        d: int = 32,
+        n_layers: int = 3,
+        cutoff: float = 6.0,
+        n_gaussians: int = 32,
+        max_z: int = 103,
+        d_edge: int = 64,
     ):
         self.d_edge = d_edge
         super().__init__(d=d, n_layers=n_layers, cutoff=cutoff, n_gaussians=n_gaussians, max_z=max_z)
@@ -652,7 +668,9 @@ class ForwardModel(ModelIO, nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def _present_rows(x: torch.Tensor | None, present: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _present_rows(
+    x: torch.Tensor | None, present: torch.Tensor | None, n: int, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row mask of available spectra and NaN-free inputs.
 
     Missing rows are those with ``present`` False or, when not given, any non-finite value; their
@@ -852,10 +870,11 @@ class MNNDRegressor(ModelIO, nn.Module):
     ) -> Prediction:
         n, dev = _batch_size(xanes_mu, exafs_mu, xanes_energy, exafs_energy), self.device
         feats = []
-        for e, mu, has, e_mlp, mu_mlp, conv, missing, kind in (
-            (xanes_energy, xanes_mu, has_xanes, self.xanes_e, self.xanes_mu, self.xanes_conv, self.xanes_missing, "xanes"),
-            (exafs_energy, exafs_mu, has_exafs, self.exafs_e, self.exafs_mu, self.exafs_conv, self.exafs_missing, "exafs"),
-        ):
+        kinds = (
+            ("xanes", xanes_energy, xanes_mu, has_xanes, self.xanes_e, self.xanes_mu, self.xanes_conv, self.xanes_missing),
+            ("exafs", exafs_energy, exafs_mu, has_exafs, self.exafs_e, self.exafs_mu, self.exafs_conv, self.exafs_missing),
+        )
+        for kind, e, mu, has, e_mlp, mu_mlp, conv, missing in kinds:
             if (e is None) != (mu is None):
                 raise ValueError(f"{kind}: give both the energy and the absorption vector, or neither")
             pe, e = _present_rows(e, has, n, dev)

@@ -38,6 +38,8 @@ MIN_POST_EDGE_EV = 20.0
 # Pre-edge windows narrower than this give a poorly conditioned line when extrapolated to E0,
 # so a constant is fitted instead.
 MIN_LINEAR_PRE_EDGE_EV = 15.0
+# half-width of the E0 search window around the tabulated edge energy (see normalize)
+E0_SEARCH_EV = 60.0
 # Kind thresholds (data extent above E0): FEFF FMS XANES runs end ~130 eV above the edge and
 # EXAFS runs reach k ~ 20 (1500 eV); measured XANES scans rarely go past ~250 eV.
 FEFF_EXAFS_ABOVE_EV = 200.0
@@ -213,6 +215,7 @@ def normalize(
     e0: float | None = None,
     source: str = "",
     calculated: bool = False,
+    edge_energy: float | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Edge-step normalize mu(E); returns ``(e0, edge_step, mu_norm)``.
 
@@ -236,7 +239,11 @@ def normalize(
     FEFF EXAFS runs, which start at the Fermi level with no pre-edge data at all.
 
     E0: given, else the steepest point (calculated) or larch's ``find_e0`` (measured, robust to
-    glitches). The edge step is the post-edge minus pre-edge curve at E0 and must be positive.
+    glitches). ``edge_energy`` (the tabulated edge, readers pass it) restricts that search to
+    +-60 eV around it: find_e0 distrusts an edge lying in the first 5 % of the points and then
+    lands 5-10 eV high on scans with a short pre-edge and a long, dense EXAFS region. 60 eV
+    covers chemical shifts and the worst calibration offset in the XAS library (36 eV, Sr).
+    The edge step is the post-edge minus pre-edge curve at E0 and must be positive.
     """
     src = source or "spectrum"
     e, m = _validated_xy(src, energies, mu)
@@ -251,11 +258,16 @@ def normalize(
         else:
             from larch.xafs.pre_edge import find_e0
 
+            win = slice(None)
+            if edge_energy is not None:
+                near = np.abs(e - edge_energy) <= E0_SEARCH_EV
+                if near.sum() >= MIN_POINTS:
+                    win = near
             try:
                 with warnings.catch_warnings():
                     # larch's step estimate takes the mean of an empty slice below ~100 points
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    e0 = float(find_e0(e, m))
+                    e0 = float(find_e0(e[win], m[win]))
             except Exception as exc:  # larch raises bare numpy errors on pathological data
                 raise InputError(src, f"could not locate the edge (E0): {exc}") from None
     e0 = float(e0)
@@ -287,17 +299,24 @@ def normalize(
         step = float(np.polyval(coefs, e[ie0]))
         norm = m / step if step > 0 else m
     else:
+        def n_in(lo, hi):
+            return int(((e - e0 >= lo) & (e - e0 <= hi)).sum())
+
         pre1 = float(e[1] - e0)
         pre2 = 0.5 * pre1
-        n_pre = int(((e - e0 >= pre1) & (e - e0 <= pre2)).sum())
+        if n_in(pre1, pre2) < 3:  # coarse pre-edge grid: use the first point after all
+            pre1 = float(e[0] - e0)
+        if n_in(pre1, pre2) < 2:  # ... and come closer to the edge, but not onto it
+            pre2 = -5.0
+        n_pre = n_in(pre1, pre2)
         if pre1 > -5.0 or n_pre < 2:
             raise InputError(
                 src,
-                f"only {n_pre} point(s) before the edge (data start {-pre1:.1f} eV below "
+                f"only {n_pre} point(s) before the edge (data start {e0 - e[0]:.1f} eV below "
                 f"E0 = {e0:.2f} eV)",
                 "measured spectra need pre-edge points to set the baseline",
             )
-        npre = 1 if (pre2 - pre1 >= MIN_LINEAR_PRE_EDGE_EV and n_pre >= 5) else 0
+        npre = 1 if (pre2 - pre1 >= MIN_LINEAR_PRE_EDGE_EV and n_pre >= 3) else 0
         from larch.xafs.pre_edge import preedge
 
         try:
@@ -328,7 +347,8 @@ def _try_normalize(record_kw: dict, source: str, *, e0=None, calculated=False) -
     """Fill e0/edge_step/mu_norm in place; a failure is recorded, not raised (see module doc)."""
     try:
         e0n, step, norm = normalize(
-            record_kw["energies"], record_kw["mu"], e0=e0, source=source, calculated=calculated
+            record_kw["energies"], record_kw["mu"], e0=e0, source=source, calculated=calculated,
+            edge_energy=tabulated_edge_energy(record_kw["absorber"], record_kw["edge"]),
         )
     except InputError as exc:
         record_kw["metadata"]["normalize_error"] = exc.problem
