@@ -650,12 +650,13 @@ def _candidates_for(pi: int, p: _Proto) -> list[_Candidate]:
     return list(out.values())
 
 
-def all_candidates() -> list[_Candidate]:
+@lru_cache(maxsize=1)
+def all_candidates() -> tuple[_Candidate, ...]:
     """Every decoration considered, over all prototypes, in a deterministic order."""
     cands = []
     for pi, p in enumerate(load_prototypes()):
         cands.extend(_candidates_for(pi, p))
-    return cands
+    return tuple(cands)
 
 
 # --------------------------------------------------------------------------------------------------
