@@ -6,7 +6,7 @@ XAS    := $(VENV)/bin/xastruct
 DB     ?= duckdb:///./xastruct.duckdb
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all dataset clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ test: install
 	if [ -n "$$url" ]; then echo "PostgreSQL for store tests: $$url"; else echo "PostgreSQL unavailable: its tests skip"; fi; \
 	XASTRUCT_TEST_PG_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS) -q -p no:cacheprovider; rc=$$?; \
 	.ci/pg.sh stop; exit $$rc
+
+# Regenerate the embedded default dataset from scratch (resumable: rerun to continue).
+DATASET_DB ?= duckdb:///./scratch/default.duckdb
+dataset: install
+	$(XAS) ingest builtin --dataset none --db $(DATASET_DB)
+	$(XAS) dataset build --db $(DATASET_DB)
+	$(XAS) dataset export --db $(DATASET_DB)
 
 test-all:
 	$(MAKE) test PYTEST_ARGS=""

@@ -22,6 +22,34 @@ from .schema import spectra as spectra_t
 from .schema import structures as structures_t
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "data" / "default"
+
+# The recipe of the embedded default dataset, run in order by `xastruct dataset build` (each step
+# is an ordinary resumable `simulate`). Element selectors: "all" = every element in the stored
+# structures, filtered by min_z; or an explicit list. Extend the dataset by editing this table.
+_3D = ["Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn"]
+_MAIN_K = ["Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Ga", "Ge", "As", "Se"]
+_HEAVY_L3 = ["Zr", "Mo", "Ru", "Pd", "Ag", "Sn", "Sb", "I", "Ba", "La", "Ce", "Gd", "Hf", "W", "Pt", "Au", "Pb", "Bi"]
+RECIPE: list[dict] = [
+    {"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
+    {"kind": "EXAFS", "edge": "L3", "elements": "all", "min_z": 40},
+    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 12},
+    {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 6},
+    {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 4},
+]
+
+
+def recipe_elements(engine: sa.Engine, step: dict) -> list[str]:
+    """The absorbing elements of one recipe step, in Z order."""
+    from pymatgen.core import Element
+
+    if step["elements"] == "all":
+        with engine.connect() as conn:
+            systems = conn.execute(sa.select(structures_t.c.chemsys).distinct()).scalars().all()
+        els = {e for cs in systems for e in cs.split("-")}
+    else:
+        els = set(step["elements"])
+    lo, hi = step.get("min_z", 1), step.get("max_z", 120)
+    return sorted((e for e in els if lo <= Element(e).Z <= hi), key=lambda e: Element(e).Z)
 _SKIP = {"id", "created_at", "run_id", "structure_id", "site_id"}
 _FLOAT_ARRAYS = ("energies", "mu", "mu_raw", "k", "chi")
 

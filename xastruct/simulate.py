@@ -32,27 +32,22 @@ def job_key(content_hash: str, site_index: int, edge: str, kind: str, code: str,
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _structures_with(conn, element: str, where: str | None = None) -> list[tuple[int, str, str]]:
-    """(id, content_hash, structure_json) of stored structures containing `element`."""
-    q = sa.select(structures_t.c.id, structures_t.c.content_hash, structures_t.c.structure_json,
-                  structures_t.c.chemsys)
-    if where:
-        q = q.where(sa.text(where))
-    return [(i, h, js) for i, h, js, cs in conn.execute(q) if element in cs.split("-")]
-
-
 def ensure_sites(engine: sa.Engine, element: str, *, where: str | None = None) -> int:
     """Label the `element` sites of structures that have none yet. Returns sites added."""
     from pymatgen.core import Structure
 
+    q = sa.select(structures_t.c.id, structures_t.c.chemsys)
+    if where:
+        q = q.where(sa.text(where))
     with engine.connect() as conn:
-        todo = _structures_with(conn, element, where)
+        with_el = {i for i, cs in conn.execute(q) if element in cs.split("-")}
         have = set(conn.execute(
             sa.select(sites_t.c.structure_id).where(sites_t.c.element == element).distinct()).scalars())
+        todo = sorted(with_el - have)
+        docs = conn.execute(sa.select(structures_t.c.id, structures_t.c.structure_json)
+                            .where(structures_t.c.id.in_(todo))).all() if todo else []
     rows = []
-    for sid, _h, js in todo:
-        if sid in have:
-            continue
+    for sid, js in docs:
         for lab in label_sites(Structure.from_dict(json.loads(js)), [element]):
             rows.append({**{k: lab.get(k) for k in ("site_index", "element", "equivalent_to", "multiplicity",
                                                      "cn", "mnnd", "dominant_neighbor", "neighbors",

@@ -29,9 +29,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import db, ingest, query, simulate
+    from . import dataset, db, ingest, query, simulate
 
-    for mod in (db, ingest, query, simulate):
+    for mod in (db, ingest, query, simulate, dataset):
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
 

@@ -83,22 +83,4 @@ def builtin(dataset: str, workers: int | None, db: str | None) -> None:
     print_summary("ingest builtin", res["added"], res["failed"], {"library structures": res["items"]})
 
 
-@click.group("export")
-def export_group() -> None:
-    """Write store contents to files."""
-
-
-@export_group.command("dataset")
-@click.option("--out", "out_dir", default=None, help="Folder (default: the package's embedded default dataset).")
-@click.option("--sources", default="builtin", show_default=True, help="Structure sources to include.")
-@db_option
-def export_dataset(out_dir: str | None, sources: str, db: str | None) -> None:
-    """Structures + labelled sites + FEFF spectra as compressed parquet (the embedded default format)."""
-    from ..dataset import DEFAULT_DIR, export_dataset as export
-
-    eng = store.get_engine(db)
-    counts = export(eng, out_dir or DEFAULT_DIR, sources=tuple(s.strip() for s in sources.split(",")))
-    out.print(f"wrote {counts} to {out_dir or DEFAULT_DIR}")
-
-
-COMMANDS = [ingest_group, export_group]
+COMMANDS = [ingest_group]
