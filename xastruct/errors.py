@@ -19,6 +19,10 @@ class InputError(XAStructError):
             msg += f" (fix: {fix})"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # picklable across process pools / dask workers (the default reduce passes only the message)
+        return (type(self), (self.source, self.problem, self.fix))
+
 
 class StoreError(XAStructError):
     """Database / migration problems."""
