@@ -9,6 +9,7 @@ single inequivalent site) or site-weighted averages (``absorbing_index`` None).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -72,7 +73,8 @@ def xasdoc_to_record(doc) -> tuple:
     if isinstance(doc, dict):
         label = f"Materials Project document {doc.get('task_id', '?')}"
         try:
-            doc = XASDoc.model_validate(doc)
+            # deep copy: emmet's validators rewrite the nested spectrum dict in place
+            doc = XASDoc.model_validate(copy.deepcopy(doc))
         except Exception as exc:
             raise InputError(
                 label,
@@ -188,13 +190,17 @@ def fetch_xas(
     els = [check_element(src, el) for el in els]
     edge = check_edge(src, edge)
     if edge not in MP_EDGES:
-        raise InputError(src, f"Materials Project has no {edge}-edge spectra", f"use one of {MP_EDGES}")
+        raise InputError(
+            src, f"Materials Project has no {edge}-edge spectra", f"use one of {MP_EDGES}"
+        )
     kind = check_kind(src, kind)
     key = None
     if rester is None:
         key = api_key or os.environ.get("MP_API_KEY")
         if not key:
-            raise RemoteError(f"MP_API_KEY is not set, so the Materials Project cannot be queried; {_NO_KEY_FIX}")
+            raise RemoteError(
+                f"MP_API_KEY is not set, so the Materials Project cannot be queried; {_NO_KEY_FIX}"
+            )
     return _fetch(els, edge, kind, key, rester, strict)
 
 

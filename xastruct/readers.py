@@ -354,6 +354,12 @@ def _try_normalize(record_kw: dict, source: str, *, e0=None, calculated=False) -
         record_kw["metadata"]["normalize_error"] = exc.problem
         record_kw.update(e0=e0, edge_step=None, mu_norm=None)
         return
+    if e0 is None:  # E0 definitions differ by source; say which one this record uses
+        record_kw["metadata"].setdefault(
+            "e0_definition",
+            "steepest point, max dmu/dE" if calculated
+            else "larch find_e0 (max of smoothed dmu/dE near the tabulated edge)",
+        )
     record_kw.update(e0=e0n, edge_step=step, mu_norm=norm)
 
 
@@ -553,10 +559,12 @@ def read_feff_xmu(
     * absorber/edge come from the header line ``Abs Z=29 ... K shell``; arguments that
       contradict the header are an error.
     * source from the version string: FEFF 9.9.1 -> feff9, Feff8L -> feff8l, FEFF 10 -> feff10.
-    * E0 is the energy where FEFF's ``e`` column is zero, i.e. ``omega - e`` (constant in a run):
-      FEFF's own edge energy. It is noise-free, needs no fitting, keeps FEFF's chemical shift,
-      and lies within a few eV of the steepest point of mu (measured: median |diff| ~2 eV on the
-      Cu K set); the Fermi level (k = 0) sits 5-10 eV lower, on the foot of the edge.
+    * E0 is FEFF's Fermi level, the energy where the ``k`` column is 0 (``xastruct.feff.xmu_e0``,
+      the definition simulated FEFF runs use, so stored FEFF spectra align whatever their
+      origin). It is the absorption threshold of FEFF's one-electron picture: noise-free, no
+      fit, and it keeps FEFF's chemical shift. It sits on the foot of the edge, below the
+      steepest point; ``omega - e`` (FEFF's e = 0, ~8 eV higher, median |diff| to the steepest
+      point 3.6 eV on 967 Cu K FEFF9 files) is kept as ``metadata['edge_energy_feff_ev']``.
     * mu from FEFF is already normalized to the edge step (at xsedge+50 eV); ``mu_norm`` is
       still computed by :func:`normalize` (zero baseline) so every source is treated alike.
     * kind: EXAFS if the data extend >= 200 eV above E0, else XANES, unless given.
@@ -641,19 +649,28 @@ def read_feff_xmu(
         absorber = check_element(src, absorber)
         edge = check_edge(src, edge or "K")
 
-    # omega - e is FEFF's edge energy; it must be the same on every row of a genuine file
+    # omega - e is constant in a genuine file (FEFF's e column is omega minus a fixed offset)
     offsets = omega - e_rel
-    e0 = float(np.median(offsets))
-    spread = float(np.max(np.abs(offsets - e0)))
+    e_offset = float(np.median(offsets))
+    spread = float(np.max(np.abs(offsets - e_offset)))
     if spread > 0.05:
         raise InputError(
             src,
             f"omega - e varies by {spread:.3f} eV between rows (expected constant)",
             "the e or omega column is corrupt; rerun FEFF",
         )
-    meta["e0_definition"] = "omega - e (FEFF edge energy)"
-    if (k >= 0).any() and (k <= 0).any():
-        meta["fermi_energy_ev"] = float(np.interp(0.0, k, omega))
+    bad = np.flatnonzero(np.diff(k) < 0)
+    if bad.size:
+        raise InputError(
+            f"{src}:{int(linenos[bad[0] + 1])}", "the k column decreases",
+            "the k column is corrupt; rerun FEFF",
+        )  # fmt: skip
+    from xastruct.feff import xmu_e0
+
+    # E0 = FEFF's Fermi level (k = 0): the one definition used for simulated FEFF runs too
+    e0 = xmu_e0(np.column_stack([omega, e_rel, k]))
+    meta["e0_definition"] = "FEFF Fermi level (k = 0)"
+    meta["edge_energy_feff_ev"] = e_offset  # where FEFF's e column is 0
     _check_edge_in_range(src, omega, absorber, edge)
 
     if kind is None:
@@ -1017,15 +1034,19 @@ def read_spectrum_file(path, *, absorber: str | None = None, edge: str | None = 
                 "drop the edge argument or fix Element.edge",
             )  # fmt: skip
         return rec
-    header = [ln.strip().lstrip("#").split() for ln in lines if ln.strip().startswith("#")]
-    if any(w[:4] == ["omega", "e", "k", "mu"] for w in header):
-        return read_feff_xmu(p, absorber=absorber, edge=edge)
+    comments = [ln.strip() for ln in lines if ln.strip().startswith("#")]
+    header = [c.lstrip("#").split() for c in comments]
     if any(w[:4] == ["k", "chi", "mag", "phase"] for w in header):
         raise InputError(
             src,
             "this is a FEFF chi.dat: chi(k) only, no mu(E)",
             "read the xmu.dat next to it, or use read_feff_chi for chi(k)",
         )
+    # the column-label line, or failing that FEFF's version stamp (FEFF writes it on line 1)
+    if any(w[:4] == ["omega", "e", "k", "mu"] for w in header) or (
+        comments and first.startswith("#") and _FEFF_VERSION.search(first)
+    ):
+        return read_feff_xmu(p, absorber=absorber, edge=edge)
     if absorber is None:
         raise InputError(
             src,

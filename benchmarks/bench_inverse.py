@@ -1,0 +1,283 @@
+"""Benchmark: inverse models (spectrum -> CN / MNND / neighbour type) on held-out materials.
+
+    .venv/bin/python benchmarks/bench_inverse.py [--db URL] [--cu-db URL|none] [--seeds 3]
+        [--ablation-seeds 1] [--epochs 60] [--tasks cn,neighbor,mnnd] [--out benchmarks/results/inverse.md]
+
+Datasets: the default store (``--db``, else $XASTRUCT_DB, else ./xastruct.duckdb) and the Cu K FEFF9
+set (``--cu-db``; by default /work/shared/data/cu_k_feff9 is ingested into a temporary DuckDB file).
+Every model is trained on the train materials, early-stopped / tuned on val, and scored on the
+test materials (split by reduced formula, seed 0); nothing is registered. Main models use
+``--seeds`` initialisation seeds, ablations ``--ablation-seeds``. Metrics are mean ± std over
+seeds; "per-element" is the mean over (element, edge) groups of that group's metric. Runs with
+one torch thread and n_jobs=1 (the machine is shared with the FEFF data generation).
+Writes a markdown report with Table-2/3-style comparisons and the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xastruct import inverse as inv  # noqa: E402
+from xastruct import store  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "inverse.md"
+CU_FEFF9 = Path("/work/shared/data/cu_k_feff9")
+
+
+def pooled(task: str, results: list[inv.TrainResult]) -> dict:
+    """Metrics over all (element, edge) models' test rows, per seed, then mean ± std; plus the
+    mean over groups of each group's metric."""
+    if not results:
+        return {}
+    n_seeds = min(len(r.test_predictions) for r in results)
+    per_seed, per_group = [], defaultdict(list)
+    for s in range(n_seeds):
+        ps = [r.test_predictions[s] for r in results]
+        if task == "mnnd":
+            y = np.concatenate([p["y"] for p in ps])
+            mean = np.concatenate([p["mean"] for p in ps])
+            var = np.concatenate([p["var"] for p in ps])
+            m = inv.regression_metrics(y, mean, var)
+            keys = np.concatenate([[f"{e}:{d}" for e, d in zip(p["element"], p["edge"])] for p in ps])
+            for g in sorted(set(keys.tolist())):
+                sel = keys == g
+                per_group[g].append(inv.regression_metrics(y[sel], mean[sel], var[sel]))
+        else:
+            true = np.concatenate([np.asarray(p["true"], str) for p in ps])
+            label = np.concatenate([np.asarray(p["label"], str) for p in ps])
+            conf = np.concatenate([p["conf"] for p in ps])
+            correct = np.concatenate([p["correct"] for p in ps])
+            m = inv.classification_metrics(true, label)
+            m["ece"] = inv.expected_calibration_error(np.stack([conf, 1 - conf], 1), np.where(correct, 0, 1))
+            keys = np.concatenate([[f"{e}:{d}" for e, d in zip(p["element"], p["edge"])] for p in ps])
+            for g in sorted(set(keys.tolist())):
+                sel = keys == g
+                per_group[g].append(inv.classification_metrics(true[sel], label[sel]))
+        per_seed.append(m)
+    out = {"overall": inv._summarise_seeds(per_seed)}
+    out["groups"] = {g: inv._summarise_seeds(v) for g, v in per_group.items()}
+    return out
+
+
+def group_mean(summary: dict, metric: str) -> float:
+    vals = [v[metric][0] for v in summary.get("groups", {}).values()
+            if metric in v and v[metric][0] is not None and np.isfinite(v[metric][0]) and v.get("n", 0) > 0]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def trivial_pooled(task: str, results: list[inv.TrainResult], data: inv.SiteTable, features: str,
+                   split_seed: int) -> dict:
+    """Per-(element, edge) majority / mean from train, scored on the same test rows."""
+    d = data.with_features(features)
+    split = inv.split_by_material(d.group, seed=split_seed)
+    train, test = d.subset(split == "train"), d.subset(split == "test")
+    keep = {(r.element, r.edge) for r in results if r.element is not None}
+    if keep:
+        sel = np.array([(e, g) in keep for e, g in zip(test.element, test.edge)])
+        test = test.subset(sel)
+    t = inv.trivial_baseline(task, train, test)
+    keys = np.array([f"{e}:{g}" for e, g in zip(test.element, test.edge)])
+    groups = {}
+    if task == "mnnd":
+        overall = inv.regression_metrics(test.mnnd, t["mean"])
+        for g in sorted(set(keys.tolist())):
+            groups[g] = inv.regression_metrics(test.mnnd[keys == g], t["mean"][keys == g])
+    else:
+        truth = inv._label(task, test)
+        if task == "neighbor":  # the same rare-class merge the models see, per (element, edge)
+            mapped = truth.copy()
+            for r in results:
+                sel = (test.element == r.element) & (test.edge == r.edge)
+                kept = set(r.config["classes"]) - {inv.OTHER}
+                mapped[sel] = [c if c in kept else inv.OTHER for c in truth[sel]]
+            truth = mapped
+        overall = inv.classification_metrics(truth, t["label"])
+        for g in sorted(set(keys.tolist())):
+            groups[g] = inv.classification_metrics(truth[keys == g], t["label"][keys == g])
+    wrap = lambda m: {k: (v if k == "n" else [v, 0.0]) for k, v in m.items()}  # noqa: E731
+    return {"overall": wrap(overall), "groups": {g: wrap(m) for g, m in groups.items()}}
+
+
+def fmt(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        if v[0] is None or not np.isfinite(v[0]):
+            return "-"
+        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+    return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def run(args) -> str:
+    import torch
+
+    torch.set_num_threads(1)
+    datasets = []
+    url = args.db or os.environ.get("XASTRUCT_DB") or store.DEFAULT_URL
+    eng = store.get_engine(url)
+    t0 = time.perf_counter()
+    d = inv.load_sites(eng)
+    print(f"default store {url}: {len(d)} sites ({time.perf_counter() - t0:.1f} s)", flush=True)
+    if len(d):
+        datasets.append((f"default store ({store.resolve_url(url).split('@')[-1]})", d))
+    if args.cu_db != "none":
+        cu_url = args.cu_db
+        if cu_url is None and CU_FEFF9.exists():
+            from xastruct import ingest
+
+            cu_url = f"duckdb:///{Path(tempfile.mkdtemp()) / 'cu.duckdb'}"
+            ingest.ingest_feff(store.get_engine(cu_url), CU_FEFF9)
+        if cu_url:
+            d = inv.load_sites(store.get_engine(cu_url))
+            print(f"Cu K FEFF9: {len(d)} sites", flush=True)
+            datasets.append(("Cu K FEFF9 (4,831 sites)", d))
+
+    hp = {"epochs": args.epochs, "lr": args.lr}
+    tasks = args.tasks.split(",")
+    lines = ["# Inverse models: spectra -> CN, MNND, neighbour type", "",
+             f"`{' '.join(['python', 'benchmarks/bench_inverse.py', *sys.argv[1:]])}`; torch threads 1, "
+             f"sklearn n_jobs 1, CPU; AdamW lr {args.lr}, weight decay 0.01, batch 64, <= {args.epochs} epochs "
+             "with early stopping on val (loss for MNND, macro-F1 for classifiers). Test = held-out materials "
+             "(split by reduced formula, 70/15/15, seed 0). Main models: "
+             f"{args.seeds} seeds, ablations: {args.ablation_seeds}. Values are mean ± std over seeds; "
+             "'per-element' = mean over (element, edge) groups. Trivial = per-element mean MNND / majority "
+             "class from the training materials.", ""]
+    summary_rows = []
+    for name, data in datasets:
+        kinds = [f for f, ok in (("xanes", data.has_xanes.any()), ("exafs", data.has_exafs.any())) if ok]
+        variants = (["both"] if len(kinds) == 2 else []) + kinds
+        main_variant = variants[0]
+        lines += [f"## {name}", "",
+                  f"{len(data)} sites, {int(data.has_xanes.sum())} with XANES, {int(data.has_exafs.sum())} with "
+                  f"EXAFS, {len(set(zip(data.element, data.edge)))} (element, edge) pairs, "
+                  f"{len(set(data.group))} materials.", ""]
+        plans = []
+        if "mnnd" in tasks:
+            plans += [("mnnd", "sgmlp", main_variant, True, args.seeds, "universal SGMLP + element/edge"),
+                      ("mnnd", "sgmlp", main_variant, False, args.seeds, "universal SGMLP, no element/edge"),
+                      ("mnnd", "rf", main_variant, True, args.seeds, "RF per element (baseline)")]
+            plans += [("mnnd", a, main_variant, True, args.ablation_seeds, f"ablation {a}")
+                      for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
+            plans += [("mnnd", "sgmlp", v, True, args.ablation_seeds, f"universal SGMLP, {v} only")
+                      for v in variants[1:]]
+        if "cn" in tasks:
+            plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}") for v in variants]
+            plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)")]
+        if "neighbor" in tasks:
+            plans += [("neighbor", "sgmlp", main_variant, True, args.seeds, "SGMLP per element"),
+                      ("neighbor", "rf", main_variant, True, args.seeds, "RF per element (baseline)")]
+            plans += [("neighbor", a, main_variant, True, args.ablation_seeds, f"ablation {a}")
+                      for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
+        table = defaultdict(list)
+        per_element_rows = defaultdict(dict)
+        for task, arch, variant, use_el, seeds, label in plans:
+            t = time.perf_counter()
+            res = inv.train_inverse(eng, task=task, arch=arch, features=variant, seeds=seeds, split_seed=0,
+                                    device=args.device, use_element=use_el, hp=hp, register=False, data=data,
+                                    min_sites=args.min_sites)
+            secs = time.perf_counter() - t
+            if not res:
+                continue
+            pm = pooled(task, res)
+            table[task].append((label, variant, pm, secs))
+            per_element_rows[task][label] = pm.get("groups", {})
+            print(f"{name} {task} {label} [{variant}] {secs:.0f}s: "
+                  + ", ".join(f"{k}={fmt(v)}" for k, v in pm["overall"].items() if k != "n"), flush=True)
+            if (task, arch, variant, use_el) in (("mnnd", "sgmlp", main_variant, True),
+                                                 ("cn", "rf", main_variant, True),
+                                                 ("neighbor", "sgmlp", main_variant, True)):
+                triv = trivial_pooled(task, res, data, variant, 0)
+                table[task].append(("trivial", variant, triv, 0.0))
+                per_element_rows[task]["trivial"] = triv["groups"]
+        # ---- tables
+        if table["mnnd"]:
+            lines += ["### MNND (A), test materials", "",
+                      "| model | features | per-element MAE | overall MAE | R^2 | slope | cov ±1σ | cov ±2σ | n test | s |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for label, variant, pm, secs in table["mnnd"]:
+                o = pm["overall"]
+                lines.append(f"| {label} | {variant} | {fmt(group_mean(pm, 'mae'))} | {fmt(o.get('mae'))} | "
+                             f"{fmt(o.get('r2'))} | {fmt(o.get('slope'))} | {fmt(o.get('cov1'), 2)} | "
+                             f"{fmt(o.get('cov2'), 2)} | {o.get('n')} | {secs:.0f} |")
+            lines.append("")
+            main = next((pm for lab, _, pm, _ in table["mnnd"] if lab.startswith("universal SGMLP + ")), None)
+            rf = next((pm for lab, _, pm, _ in table["mnnd"] if lab.startswith("RF")), None)
+            if main and rf:
+                a, b = group_mean(main, "mae"), group_mean(rf, "mae")
+                ok = a <= 0.020 and a <= 0.5 * b
+                summary_rows.append((name, "MNND per-element MAE <= 0.020 A and <= 1/2 RF",
+                                     f"{a:.4f} A (RF {b:.4f} A, ratio {a / b:.2f})", "met" if ok else "NOT met"))
+        for task, title in (("cn", "Coordination number"), ("neighbor", "Dominant neighbour")):
+            if not table[task]:
+                continue
+            lines += [f"### {title}, test materials", "",
+                      "| model | features | per-element acc | per-element macro-F1 | overall acc | overall macro-F1 | ECE | n test | s |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for label, variant, pm, secs in table[task]:
+                o = pm["overall"]
+                lines.append(f"| {label} | {variant} | {fmt(group_mean(pm, 'accuracy'))} | "
+                             f"{fmt(group_mean(pm, 'macro_f1'))} | {fmt(o.get('accuracy'))} | "
+                             f"{fmt(o.get('macro_f1'))} | {fmt(o.get('ece'))} | {o.get('n')} | {secs:.0f} |")
+            lines.append("")
+            main_label = "RF per element, " + main_variant if task == "cn" else "SGMLP per element"
+            main = next((pm for lab, _, pm, _ in table[task] if lab == main_label), None)
+            if main:
+                acc, f1 = main["overall"]["accuracy"][0], main["overall"]["macro_f1"][0]
+                goal = (0.85, 0.75) if task == "cn" else (0.95, 0.85)
+                summary_rows.append((name, f"{task}: accuracy >= {goal[0]:.2f}, macro-F1 >= {goal[1]:.2f}",
+                                     f"acc {acc:.3f}, macro-F1 {f1:.3f}",
+                                     "met" if acc >= goal[0] and f1 >= goal[1] else "NOT met"))
+        # ---- per element (main model vs RF vs trivial)
+        for task, metric in (("mnnd", "mae"), ("cn", "accuracy"), ("neighbor", "macro_f1")):
+            rows = per_element_rows.get(task)
+            if not rows:
+                continue
+            labels = list(rows)
+            groups = sorted({g for r in rows.values() for g in r})
+            if len(groups) < 2 and task != "mnnd":
+                continue
+            lines += [f"### {task}: {metric} per (element, edge)", "",
+                      "| element:edge | n test | " + " | ".join(labels) + " |",
+                      "|---|---|" + "---|" * len(labels)]
+            for g in groups:
+                n = next((rows[lab][g].get("n") for lab in labels if g in rows[lab]), 0)
+                lines.append(f"| {g} | {n} | " + " | ".join(fmt(rows[lab].get(g, {}).get(metric)) for lab in labels)
+                             + " |")
+            lines.append("")
+    lines += ["## Targets (from the issue)", "", "| dataset | target | measured | status |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default=None)
+    ap.add_argument("--cu-db", default=None, help="store URL holding the Cu K FEFF9 set, or 'none'")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ablation-seeds", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--min-sites", type=int, default=20)
+    ap.add_argument("--tasks", default="mnnd,cn,neighbor")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    text = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Inverse pipeline: features, by-material splits, training + registry round trip, predict structure.
+
+Most tests run on a synthetic store whose spectra are generated from the site labels (EXAFS as a
+damped first-shell sine with amplitude ~ CN and frequency 2R; XANES with a white line growing with
+CN and a resonance moving with 1/R^2), so the models have something real to learn in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xastruct import inverse as inv
+from xastruct import registry, store
+from xastruct.errors import InputError
+
+from .conftest import CU_FEFF9, XASLIB, needs_shared
+
+SPECTATORS = ["Li", "Na", "K", "Rb", "Mg", "Ca", "Sr", "Ba", "Sc", "Y", "La", "Ti", "Zr", "Hf", "V", "Nb",
+              "Ta", "Cr", "Mo", "W", "Mn", "Fe", "Co", "Ni", "Zn", "Cd", "Al", "Ga", "In", "Si"]
+FAST_HP = {"epochs": 40, "lr": 3e-3, "patience": 40, "batch_size": 16, "d_embed": 16, "d_hidden": 32}
+
+
+def _xanes(cn: int, r: float, anion: str, rng) -> tuple[np.ndarray, np.ndarray]:
+    e_edge = 8985.0 + (2.0 if anion == "O" else 0.0)
+    e = np.arange(8960.0, 9120.0, 0.5)
+    x = e - e_edge
+    mu = 0.5 + np.arctan(x / 1.5) / np.pi
+    mu += 0.08 * cn * np.exp(-0.5 * ((x - 6.0) / 3.0) ** 2)
+    mu += 0.15 * np.exp(-0.5 * ((x - 150.0 / r**2) / 4.0) ** 2) * (x > 0)
+    return e, mu + rng.normal(0, 0.003, e.size)
+
+
+def _exafs(cn: int, r: float, anion: str, rng) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(0.0, 16.0 + 1e-9, 0.05)
+    amp = 0.9 if anion == "O" else 1.3
+    chi = amp * cn / (np.maximum(k, 0.5) * r**2) * np.sin(2 * k * r + 0.5) * np.exp(-2 * 0.004 * k**2)
+    return k, chi * np.exp(-k / 15.0) + rng.normal(0, 0.002, k.size)
+
+
+def build_synthetic_store(url: str, n: int = 60, seed: int = 0) -> None:
+    """Cu sites in n structures Cu-M-X (distinct formulas), labels and spectra consistent with each
+    other; plus one structure with two inequivalent Cu orbits (multiplicities 1 and 3)."""
+    from pymatgen.core import Lattice, Structure
+
+    from xastruct import ingest
+
+    rng = np.random.default_rng(seed)
+    eng = store.get_engine(url)
+    items = []
+    for i in range(n):
+        anion = "O" if i % 2 == 0 else "S"
+        cn = 4 if (i // 2) % 2 == 0 else 6
+        r = float((1.95 if anion == "O" else 2.30) + (0.08 if cn == 6 else 0.0) + rng.uniform(-0.06, 0.06))
+        m = SPECTATORS[i % len(SPECTATORS)]
+        n_anion = 1 + i // len(SPECTATORS)  # keeps every formula distinct
+        species = ["Cu", m] + [anion] * n_anion
+        coords = [[0, 0, 0], [0.5, 0.5, 0.5]] + [[0.25, 0.1 * j, 0.25] for j in range(n_anion)]
+        s = Structure(Lattice.cubic(5.0 + 0.01 * i), species, coords)
+        row = ingest.structure_row(s, source="synthetic", source_id=f"syn-{i}", provenance={})
+        lab = dict(site_index=0, element="Cu", equivalent_to=0, multiplicity=1, cn=cn, mnnd=r,
+                   dominant_neighbor=anion, neighbors={anion: cn}, label_method="synthetic")
+        specs = []
+        for kind in ("XANES", "EXAFS"):
+            if kind == "XANES" and i % 5 == 4:
+                continue  # some sites lack XANES, as in the real store
+            if kind == "XANES":
+                e, mu = _xanes(cn, r, anion, rng)
+                k = chi = None
+            else:
+                k, chi = _exafs(cn, r, anion, rng)
+                e = 8979.0 + k[1:] ** 2 * 3.81
+                mu = 1.0 + 0.0 * e
+            specs.append(dict(key=f"syn-{i}-{kind}", absorber="Cu", edge="K", kind=kind, source="synthetic",
+                              energies=e.tolist(), mu=mu.tolist(), k=None if k is None else k.tolist(),
+                              chi=None if chi is None else chi.tolist(), e0=8985.0, normalized=True,
+                              _structure_hash=row["content_hash"], _site_index=0))
+        items.append(ingest.Parsed(name=f"syn-{i}", structure=row, sites=[lab], spectra=specs))
+    # two orbits: site 0 (CN 4, 1.95 A, multiplicity 1) and site 1 (CN 6, 2.15 A, multiplicity 3)
+    s = Structure(Lattice.cubic(7.0), ["Cu", "Cu", "Cu", "Cu", "O"],
+                  [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.25, 0.25, 0.25]])
+    row = ingest.structure_row(s, source="synthetic", source_id="syn-multi", provenance={})
+    labs, specs = [], []
+    for idx, (cn, r, mult) in enumerate([(4, 1.95, 1), (6, 2.15, 3)]):
+        for j in ([0] if idx == 0 else [1, 2, 3]):
+            labs.append(dict(site_index=j, element="Cu", equivalent_to=0 if idx == 0 else 1, multiplicity=mult,
+                             cn=cn, mnnd=r, dominant_neighbor="O", neighbors={"O": cn}, label_method="synthetic"))
+        k, chi = _exafs(cn, r, "O", rng)
+        e = 8979.0 + k[1:] ** 2 * 3.81
+        specs.append(dict(key=f"syn-multi-{idx}", absorber="Cu", edge="K", kind="EXAFS", source="synthetic",
+                          energies=e.tolist(), mu=(1.0 + 0 * e).tolist(), k=k.tolist(), chi=chi.tolist(),
+                          e0=8979.0, normalized=True, _structure_hash=row["content_hash"], _site_index=idx))
+    items.append(ingest.Parsed(name="syn-multi", structure=row, sites=labs, spectra=specs))
+    ingest.write_parsed(eng, items)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic store with one registered model per task (trained once for the module)."""
+    import torch
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("inverse")
+    url = f"duckdb:///{d / 'store.duckdb'}"
+    build_synthetic_store(url)
+    eng = store.get_engine(url)
+    results = {}
+    for task, arch in (("cn", "rf"), ("neighbor", "sgmlp"), ("mnnd", "sgmlp")):
+        res = inv.train_inverse(eng, task=task, arch=arch, seeds=2, device="cpu", hp=FAST_HP,
+                                models_dir=d / "models", min_sites=10)
+        assert len(res) == 1
+        results[task] = res[0]
+    yield url, eng, results, d
+    store.dispose_engines()
+
+
+# ------------------------------------------------------------------------------------- features
+def test_half_step_e0_ignores_pre_edge_peak_and_finds_the_edge():
+    e = np.arange(8950.0, 9100.0, 0.25)
+    mu = 0.5 + np.arctan((e - 8990.0) / 1.0) / np.pi
+    mu += 0.6 * np.exp(-0.5 * ((e - 8975.0) / 0.8) ** 2)  # a pre-edge peak higher than half the step
+    assert inv.half_step_e0(e, mu) == pytest.approx(8990.0, abs=0.3)
+    feat, e0 = inv.xanes_features(e, mu)
+    assert feat.shape == inv.XANES_GRID.shape
+    assert feat[np.argmin(np.abs(inv.XANES_GRID))] == pytest.approx(0.5, abs=0.05)
+
+
+def test_features_reject_bad_input():
+    e = np.arange(8950.0, 9100.0, 0.25)
+    mu = 0.5 + np.arctan((e - 8990.0) / 1.0) / np.pi
+    with pytest.raises(InputError, match="too short"):
+        inv.xanes_features(e[e < 9020], mu[e < 9020])
+    bad = mu.copy()
+    bad[100] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        inv.xanes_features(e, bad)
+    with pytest.raises(InputError, match="no edge"):
+        inv.half_step_e0(e, 0.1 * np.ones_like(e))
+    k = np.arange(0, 10, 0.05)
+    with pytest.raises(InputError, match="EXAFS range too short"):
+        inv.exafs_features(k, np.sin(k))
+
+
+def test_exafs_features_are_k2_weighted_on_the_grid():
+    k = np.arange(0, 16, 0.05)
+    f = inv.exafs_features(k, np.sin(2 * k))
+    assert f.shape == inv.EXAFS_GRID.shape
+    np.testing.assert_allclose(f, inv.EXAFS_GRID**2 * np.sin(2 * inv.EXAFS_GRID), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------- splits
+def test_split_by_material_is_stable_and_never_straddles():
+    groups = [f"F{i % 50}" for i in range(500)]
+    s = inv.split_by_material(groups, seed=3)
+    for g in set(groups):
+        assert len({s[i] for i, x in enumerate(groups) if x == g}) == 1
+    # adding materials does not move the existing ones
+    s2 = inv.split_by_material(groups + ["new1", "new2"], seed=3)
+    assert list(s2[:500]) == list(s)
+    frac = {k: float(np.mean(s == k)) for k in ("train", "val", "test")}
+    assert 0.5 < frac["train"] < 0.9 and frac["val"] > 0.03 and frac["test"] > 0.03
+    assert list(inv.split_by_material(groups, seed=4)) != list(s)
+
+
+def test_metrics():
+    m = inv.regression_metrics([1.0, 2.0, 3.0], [1.1, 2.0, 2.9], var=[0.04, 0.01, 1e-6])
+    assert m["mae"] == pytest.approx(0.2 / 3)
+    assert m["slope"] == pytest.approx(0.9)
+    assert m["cov1"] == pytest.approx(2 / 3)
+    c = inv.classification_metrics(["a", "a", "b"], ["a", "b", "b"], np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]]),
+                                   ["a", "b"])
+    assert c["accuracy"] == pytest.approx(2 / 3)
+    assert c["ece"] == pytest.approx((abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.8)) / 3)
+
+
+# ------------------------------------------------------------------------------- store + targets
+def test_load_sites_site_and_structure_targets(trained):
+    url, eng, _, _ = trained
+    site = inv.load_sites(eng)
+    assert len(site) == 62  # 60 single-orbit structures + 2 orbits of the multi-site one
+    assert site.has_exafs.all() and 0 < site.has_xanes.sum() < len(site)
+    st = inv.load_sites(eng, target="structure")
+    multi = st.subset(st.group == "Cu4O")
+    assert len(multi) == 1
+    assert multi.mnnd[0] == pytest.approx((1 * 1.95 + 3 * 2.15) / 4)
+    assert multi.cn[0] == round((4 + 3 * 6) / 4)
+    # the averaged chi is the multiplicity-weighted mean of the two sites' features
+    both = site.subset(site.group == "Cu4O")
+    w = np.where(both.cn == 4, 0.25, 0.75)
+    np.testing.assert_allclose(multi.exafs[0], (w[:, None] * both.exafs).sum(0), atol=1e-9)
+
+
+# --------------------------------------------------------------------------- training + registry
+def test_models_learn_and_beat_trivial_baselines(trained):
+    _, _, res, _ = trained
+    cn = res["cn"].metrics
+    assert cn["test"]["overall"]["accuracy"][0] >= 0.8
+    nb = res["neighbor"].metrics
+    assert nb["test"]["overall"]["accuracy"][0] >= nb["trivial_test"]["overall"]["accuracy"]
+    mn = res["mnnd"].metrics
+    assert mn["test"]["overall"]["mae"][0] < mn["trivial_test"]["overall"]["mae"]
+    assert {"cov1", "cov2", "r2", "slope"} <= set(mn["test"]["overall"])
+
+
+def test_registered_rows_and_reload_reproduce_predictions(trained):
+    url, eng, res, d = trained
+    rows = {e.task: e for e in registry.list_models(eng)}
+    assert set(rows) == {"cn", "neighbor", "mnnd"}
+    assert rows["mnnd"].element is None and rows["cn"].element == "Cu" and rows["cn"].edge == "K"
+    assert rows["cn"].arch == "rf" and rows["neighbor"].arch == "sgmlp"
+    for task, r in res.items():
+        e = rows[task]
+        assert e.split_seed == 0 and e.data_fingerprint == r.fingerprint and len(e.data_fingerprint) == 64
+        assert e.grid["exafs"]["start"] == 2.0 and e.metrics["test"]["overall"]["n"] > 0
+        # split by material: no formula in two splits, and the test formulas are really held out
+        split = json.loads((d / "models" / e.name / "split.json").read_text())
+        assert not set(split["train"]) & set(split["test"])
+        assert not set(split["train"]) & set(split["val"])
+        members = [inv.load_member(m, device="cpu") for m in e.member_dirs()]
+        assert len(members) == 2
+        data = inv.load_sites(eng).with_features(r.features)
+        test = data.subset(inv.split_by_material(data.group, seed=e.split_seed) == "test")
+        assert set(test.group) == set(split["test"])
+        cfg = e.config
+        for member, before in zip(members, r.test_predictions):
+            if task == "mnnd":
+                mean, var = inv._predict_mnnd(member, test, r.features, cfg["exafs_scale"])
+                np.testing.assert_allclose(mean, before["mean"], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(var, before["var"], rtol=1e-4, atol=1e-8)
+            else:
+                p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["exafs_scale"])
+                np.testing.assert_allclose(p, before["proba"], rtol=1e-5, atol=1e-6)
+
+
+def _cli():
+    from xastruct.cli import inverse as cli_inv
+
+    @click.group()
+    def train():
+        pass
+
+    @click.group()
+    def predict():
+        pass
+
+    for c in cli_inv.TRAIN_COMMANDS:
+        train.add_command(c)
+    for c in cli_inv.PREDICT_COMMANDS:
+        predict.add_command(c)
+    return train, predict
+
+
+def test_cli_train_inverse_registers_a_model(trained, tmp_path):
+    url, eng, _, _ = trained
+    train, _ = _cli()
+    before = len(registry.list_models(eng, task="cn"))
+    r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--element", "Cu", "--features", "exafs",
+                                   "--seeds", "1", "--device", "cpu", "--min-sites", "10", "--db", url,
+                                   "--models-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "registered cn/Cu/K/EXAFS/rf/v" in r.output
+    assert len(registry.list_models(eng, task="cn")) == before + 1
+
+
+# ------------------------------------------------------------------------------------- predict
+def _write_two_column(path, e, mu):
+    path.write_text("\n".join(f"{a:.3f} {b:.6f}" for a, b in zip(e, mu)) + "\n")
+    return path
+
+
+def test_predict_structure_two_column_file_gives_values_with_uncertainties(trained, tmp_path):
+    url, eng, _, _ = trained
+    rng = np.random.default_rng(5)
+    e, mu = _xanes(6, 2.03, "O", rng)
+    # a measured-like scan: sloped pre-edge, arbitrary step, 7 eV calibration offset
+    f = _write_two_column(tmp_path / "cu.dat", e + 7.0, 0.3 + 1e-4 * (e - 8960) + 2.0 * mu)
+    res = inv.predict_structure(eng, f, element="Cu", device="cpu")
+    p = res["predictions"]
+    assert p["cn"]["value"] in (4, 6) and 0 < p["cn"]["probability"] <= 1 and p["cn"]["sigma"] >= 0
+    assert 1.5 < p["mnnd"]["value"] < 2.8 and p["mnnd"]["sigma"] > 0
+    assert p["neighbor"]["label"] in ("O", "S", "other")
+    assert sum(p["neighbor"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert res["xanes"] and not res["exafs"]
+
+
+@needs_shared(XASLIB)
+def test_predict_structure_on_measured_xdi_via_cli(trained):
+    url, _, _, _ = trained
+    _, predict = _cli()
+    f = XASLIB / "Cu" / "Cu_Foil_rt_2016Foils.xdi"
+    r = CliRunner().invoke(predict, ["structure", str(f), "--element", "Cu", "--device", "cpu", "--db", url])
+    assert r.exit_code == 0, r.output
+    assert "coordination number" in r.output and "mean NN distance" in r.output and "neighbour type" in r.output
+    assert "±" in r.output
+    # the foil scan reaches k > 12: EXAFS is extracted from the same file
+    assert "EXAFS extracted" in r.output
+    r = CliRunner().invoke(predict, ["structure", str(f), "--element", "Cu", "--device", "cpu", "--db", url,
+                                     "--json"])
+    res = json.loads(r.stdout)
+    assert res["exafs"] and math.isfinite(res["predictions"]["mnnd"]["sigma"])
+
+
+@needs_shared(CU_FEFF9)
+def test_predict_structure_on_feff_xmu(trained):
+    url, eng, _, _ = trained
+    xmu = next((CU_FEFF9 / "materials").glob("*/FEFF-XANES/*/xmu.dat"))
+    res = inv.predict_structure(eng, xmu, element="Cu", device="cpu")
+    assert res["xanes"] and not res["exafs"]
+    assert res["predictions"]["cn"]["value"] in (4, 6)
+    assert res["predictions"]["mnnd"]["sigma"] > 0
+
+
+def test_predict_structure_bad_input(trained, tmp_path):
+    url, eng, _, _ = trained
+    rng = np.random.default_rng(1)
+    e, mu = _xanes(4, 1.95, "O", rng)
+    short = _write_two_column(tmp_path / "short.dat", e[e < 9010], mu[e < 9010])
+    with pytest.raises(InputError, match="too short"):
+        inv.predict_structure(eng, short, element="Cu", device="cpu")
+    lines = _write_two_column(tmp_path / "nan.dat", e, mu).read_text().splitlines()
+    lines[40] = lines[40].split()[0] + " nan"
+    nan = tmp_path / "nan.dat"
+    nan.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="(?i)nan|non-finite"):
+        inv.predict_structure(eng, nan, element="Cu", device="cpu")
+    # a Cu K scan declared as Fe: the edge is not in the data range
+    ok = _write_two_column(tmp_path / "ok.dat", e, mu)
+    with pytest.raises(InputError, match="does not contain the Fe K edge"):
+        inv.predict_structure(eng, ok, element="Fe", device="cpu")
+    with pytest.raises(InputError, match="unknown element"):
+        inv.predict_structure(eng, ok, element="Xx", device="cpu")
+
+
+@needs_shared(XASLIB)
+def test_predict_structure_wrong_element_and_no_model(trained):
+    url, eng, _, _ = trained
+    cu = XASLIB / "Cu" / "Cu_Foil_rt_2016Foils.xdi"
+    with pytest.raises(InputError, match="XDI header says Cu"):
+        inv.predict_structure(eng, cu, element="Fe", device="cpu")
+    fe = XASLIB / "Fe" / "Fe_Foil_rt_2016Foils.xdi"
+    with pytest.raises(InputError, match="no inverse model registered for Fe"):
+        inv.predict_structure(eng, fe, element="Fe", device="cpu")
+    # through the real CLI error handling: one clear line, exit code 1
+    from xastruct.cli import _Group
+
+    root = click.Group(name="xastruct", commands={"predict": _cli()[1]})
+    root.__class__ = _Group
+    r = CliRunner().invoke(root, ["predict", "structure", str(fe), "--element", "Fe", "--db", url])
+    assert r.exit_code == 1 and "no inverse model registered for Fe" in r.output
+
+
+# ---------------------------------------------------------------------------------- real sites
+@needs_shared(CU_FEFF9)
+def test_real_cu_feff9_sites_train_cn_and_mnnd(tmp_path):
+    """~30 real Cu K FEFF9 sites with CrystalNN labels: the pipeline runs end to end on real data."""
+    import torch
+
+    from xastruct import ingest
+
+    torch.set_num_threads(1)
+    src = tmp_path / "cu" / "materials"
+    src.mkdir(parents=True)
+    for d in sorted((CU_FEFF9 / "materials").iterdir())[:18]:
+        shutil.copytree(d, src / d.name)
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    eng = store.get_engine(url)
+    ingest.ingest_feff(eng, tmp_path / "cu")
+    data = inv.load_sites(eng)
+    assert 20 <= len(data) <= 60 and data.has_xanes.all() and not data.has_exafs.any()
+    assert np.all((data.mnnd > 1.5) & (data.mnnd < 3.5))
+    res = inv.train_inverse(eng, task="cn", features="xanes", seeds=1, device="cpu", min_sites=10,
+                            models_dir=tmp_path / "models", data=data)
+    assert res[0].metrics["n"]["train"] > 0 and res[0].entry.kind == "XANES"
+    res = inv.train_inverse(eng, task="mnnd", features="xanes", seeds=1, device="cpu", min_sites=10,
+                            hp=FAST_HP, models_dir=tmp_path / "models", data=data)
+    m = res[0].metrics["test"]["overall"]
+    assert m["n"] > 0 and math.isfinite(m["mae"][0]) and m["mae"][0] < 0.5
+    store.dispose_engines()

@@ -1,0 +1,155 @@
+"""`train inverse` (CN / MNND / neighbour models) and `predict structure` (a spectrum file -> structure).
+
+Mounted by the lead into the `train` and `predict` groups via TRAIN_COMMANDS / PREDICT_COMMANDS.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from .. import inverse as inv
+from .. import store
+from .common import console, db_option, out, progress_bar
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) or x is None for x in v):
+        if v[0] is None:
+            return "-"
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _results_table(task: str, results: list) -> Table:
+    reg = task == "mnnd"
+    cols = ["mae", "r2", "slope", "cov1", "cov2"] if reg else ["accuracy", "macro_f1", "ece"]
+    tbl = Table(title=f"inverse {task}: held-out test materials (mean ± std over seeds)")
+    for c in ["model", "group", "n test", *cols, "trivial " + ("mae" if reg else "acc / F1")]:
+        tbl.add_column(c, justify="left" if c in ("model", "group") else "right")
+    for r in results:
+        name = r.entry.name if r.entry is not None else f"{task}/{r.element or 'all'}/{r.edge or 'all'}/{r.arch}"
+        for group, m in r.metrics["test"].items():
+            triv = r.metrics["trivial_test"].get(group, {})
+            tv = (f"{triv.get('mae', float('nan')):.3f}" if reg else
+                  f"{triv.get('accuracy', float('nan')):.3f} / {triv.get('macro_f1', float('nan')):.3f}")
+            tbl.add_row(name, group, str(m.get("n", 0)), *[_fmt(m.get(c, "-")) for c in cols], tv)
+    return tbl
+
+
+@click.command("inverse")
+@click.option("--task", required=True, type=click.Choice(inv.TASKS), help="What to predict.")
+@click.option("--element", "elements", default=None,
+              help="Absorbing element(s), comma separated (e.g. Fe or Fe,Co). Default / --all: every element.")
+@click.option("--all", "all_elements", is_flag=True, help="Every absorbing element in the store.")
+@click.option("--edge", "edges", default=None, help="Edge(s), comma separated (default: every edge found).")
+@click.option("--features", default="both", show_default=True, type=click.Choice(inv.FEATURES),
+              help="Input spectra: XANES || EXAFS (missing kind masked), XANES only, or EXAFS only.")
+@click.option("--arch", default=None, type=click.Choice(inv.ARCHS),
+              help="Model family (default: rf for cn, sgmlp for neighbor and mnnd).")
+@click.option("--seeds", default=3, show_default=True, type=int, help="Members (initialisation seeds) per model.")
+@click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the by-material split.")
+@click.option("--target", default="site", show_default=True, type=click.Choice(inv.TARGETS),
+              help="site: one example per simulated site; structure: multiplicity-weighted averages, "
+                   "what a measured spectrum sees.")
+@click.option("--source", "sources", multiple=True,
+              help="Spectrum source(s) to train on, in order of preference (e.g. feff10, feff9, feff8l).")
+@click.option("--use-element/--no-use-element", default=True, show_default=True,
+              help="mnnd: give the universal model the absorber and edge.")
+@click.option("--variance/--no-variance", default=True, show_default=True,
+              help="mnnd: Gaussian variance head (NLL loss) for per-prediction uncertainty.")
+@click.option("--epochs", default=inv.DEFAULT_HP["epochs"], show_default=True, type=int)
+@click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
+@click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
+@click.option("--batch-size", default=inv.DEFAULT_HP["batch_size"], show_default=True, type=int)
+@click.option("--min-sites", default=20, show_default=True, type=int,
+              help="Skip (element, edge) pairs with fewer usable examples.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+@click.option("--models-dir", default=None, type=click.Path(file_okay=False),
+              help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
+@db_option
+def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, use_element,
+            variance, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+    """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
+    if elements and all_elements:
+        raise click.UsageError("give --element or --all, not both")
+    els = None if all_elements or not elements else [e.strip() for e in elements.split(",") if e.strip()]
+    eds = None if not edges else [e.strip().upper() for e in edges.split(",") if e.strip()]
+    eng = store.get_engine(db)
+    hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+    console.print(f"loading labelled spectra ({target} targets) ...")
+    data = inv.load_sites(eng, elements=els, edges=eds, sources=list(sources) or None, target=target)
+    console.print(f"{len(data)} examples: {int(data.has_xanes.sum())} with XANES, {int(data.has_exafs.sum())} with "
+                  f"EXAFS; {getattr(data, 'skipped', 0)} spectra not usable (range/edge)")
+    with store.run_record(eng, "train inverse", {"task": task, "elements": els, "edges": eds, "features": features,
+                                                 "arch": arch, "seeds": seeds, "split_seed": split_seed,
+                                                 "target": target, "sources": list(sources), **hp}) as summary:
+        results = inv.train_inverse(eng, task=task, elements=els, edges=eds, features=features, arch=arch,
+                                    seeds=seeds, split_seed=split_seed, device=device, target=target,
+                                    sources=list(sources) or None, use_element=use_element, variance=variance,
+                                    min_sites=min_sites, hp=hp, models_dir=models_dir, data=data,
+                                    log=lambda m: console.print(m, highlight=False))
+        summary["models"] = [r.entry.name for r in results if r.entry is not None]
+    if not results:
+        raise click.ClickException("no model trained: every (element, edge) had too few examples (see above)")
+    out.print(_results_table(task, results))
+    for r in results:
+        out.print(f"registered {r.entry.name} -> {r.entry.artifact}", highlight=False)
+
+
+@click.command("structure")
+@click.argument("spectrum_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--element", required=True, help="Absorbing element (checked against the file header).")
+@click.option("--edge", default=None, help="Edge (default: from the file header, else K).")
+@click.option("--exafs", "exafs_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Separate EXAFS measurement (XDI/two-column mu(E), FEFF xmu.dat or chi.dat).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@db_option
+def structure(spectrum_file, element, edge, exafs_file, device, as_json, db) -> None:
+    """Predict CN, mean nearest-neighbour distance and neighbour type from SPECTRUM_FILE
+    (XDI, FEFF xmu.dat or two-column energy/mu)."""
+    eng = store.get_engine(db)
+    with progress_bar(1, "predicting") as advance:
+        res = inv.predict_structure(eng, spectrum_file, element=element, edge=edge, exafs_path=exafs_file,
+                                    device=device)
+        advance()
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    kinds = "+".join(k for k, v in (("XANES", res["xanes"]), ("EXAFS", res["exafs"])) if v)
+    tbl = Table(title=f"{res['element']} {res['edge']} from {kinds}")
+    for c in ("quantity", "prediction", "uncertainty", "model"):
+        tbl.add_column(c)
+    p = res["predictions"]
+    rows = []
+    if "error" not in p.get("cn", {"error": 1}):
+        c = p["cn"]
+        rows.append(("coordination number", str(c["value"]),
+                     f"p = {c['probability']:.2f}; expected {c['expected']:.2f} ± {c['sigma']:.2f}", c["model"]))
+    if "error" not in p.get("mnnd", {"error": 1}):
+        m = p["mnnd"]
+        rows.append(("mean NN distance (A)", f"{m['value']:.3f}", f"± {m['sigma']:.3f} (1 sigma)", m["model"]))
+    if "error" not in p.get("neighbor", {"error": 1}):
+        n = p["neighbor"]
+        alt = ", ".join(f"{k} {v:.2f}" for k, v in list(n["probabilities"].items())[1:3])
+        rows.append(("neighbour type", n["label"], f"p = {n['probability']:.2f}" + (f" ({alt})" if alt else ""),
+                     n["model"]))
+    for r in rows:
+        tbl.add_row(*r)
+    out.print(tbl)
+    for task, v in p.items():
+        if "error" in v:
+            out.print(f"[yellow]{task}: {v['error']}[/]", highlight=False)
+        if "warning" in v:
+            out.print(f"[yellow]{task}: {v['warning']}[/]", highlight=False)
+    for note in res["notes"]:
+        out.print(f"note: {note}", highlight=False)
+
+
+TRAIN_COMMANDS = [inverse]
+PREDICT_COMMANDS = [structure]

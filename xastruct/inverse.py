@@ -1,0 +1,1257 @@
+"""Inverse pipeline: spectra -> coordination number (CN), mean nearest-neighbour distance (MNND) and
+dominant neighbour type, trained on the store's simulated spectra and applied to measured files.
+
+Features (one fixed vector per site; grids recorded with every registered model)
+    XANES  edge-step-normalized mu on E - E0 = -5 ... +65 eV, 0.5 eV steps (:data:`XANES_GRID`).
+           E0 is the *half-step point*: the first energy where the normalized mu crosses 0.5 and
+           stays above it for :data:`HOLD_EV` (so narrow pre-edge peaks never count). The same rule
+           is applied to simulated and measured spectra, so a measured file is aligned onto the
+           simulated scale by putting both half-step points at 0: FEFF's absolute energy error
+           (several eV) and monochromator calibration offsets both drop out. Simulated XANES begin
+           4-14 eV below the half-step point (Cu K FEFF9 set); grid points below the data start take
+           the first value (the flat pre-edge), at most :data:`MAX_CLAMP_BELOW_EV` eV of them.
+    EXAFS  k^2 chi(k) on k = 2 ... 12 1/A, 0.05 steps (:data:`EXAFS_GRID`): chi(k) is what carries
+           distances (its phase ~ 2kR). Simulated chi is FEFF's own, with k counted from FEFF's
+           Fermi level. Measured chi is extracted with larch ``autobk`` (rbkg = 1 A) with E0 put
+           :data:`FEFF_FERMI_OFFSET_EV` below the half-step point, i.e. at the Fermi level as FEFF
+           places it relative to its own half-step point (median 5.0 eV, 5-95 %: 0.9-8.1 eV, over
+           the 4,831 Cu K FEFF9 spectra), so both chi(k) share one k origin.
+    Variants ("features"): ``both`` = [XANES || EXAFS] where a missing kind is zero-filled and
+           flagged (RF) or replaced by the networks' learned "missing" embedding, trained on every
+           site that has either kind; ``xanes`` / ``exafs`` = one kind only, trained on the sites
+           that have it. A prediction uses the variant matching the spectra it is given, else
+           ``both``.
+
+Targets ("target")
+    ``site``       every simulated inequivalent site is one example with its own labels.
+    ``structure``  measured spectra average over all absorber sites, so one example per
+                   (structure, absorber, edge): spectra averaged with multiplicity (orbit size)
+                   weights, XANES on absolute energy and then re-aligned by the half-step rule,
+                   EXAFS on k. Labels: multiplicity-weighted mean MNND, the weighted mean CN
+                   rounded to an integer class, the neighbour element with the most weighted
+                   neighbours. Structures with an inequivalent absorber site lacking a spectrum
+                   are skipped (the average would be biased). For single-site materials (metal
+                   foils, rock-salt and wurtzite oxides) both targets coincide; models register
+                   their target and ``predict structure`` prefers structure-target models for
+                   measured files.
+
+Splits are by material: each reduced formula goes to train / val / test by a hash of
+(seed, formula) at fractions 70/15/15, so polymorphs never straddle splits and a material lands in
+the same split for every task, element and store. Hyper-parameters are chosen on ``val`` only;
+``test`` numbers are reported and stored with the model.
+
+Models (tasks)
+    cn        per (element, edge): RandomForest (default), NeighborClassifier as the MLP baseline.
+    neighbor  per (element, edge): NeighborClassifier (sgmlp default; sgmlp_relu / sgmlp_linear /
+              mlp ablations), RandomForest baseline. Classes: dominant neighbours with at least
+              ``min_class_count`` training sites; the rest merged into ``other``.
+    mnnd      ONE universal MNNDRegressor over all elements and edges (optionally given the
+              absorber and edge), with a Gaussian variance head; RandomForest per element as
+              baseline.
+Trivial baselines (per-element majority CN / neighbour, per-element mean MNND from the training
+split) are computed on the same test rows. Training: AdamW (lr 1e-4, weight decay 0.01 by
+default), cross-entropy (classes weighted by inverse square-root frequency) or Gaussian NLL
+(MSE without variance head), early stopping on the validation loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from .errors import InputError
+
+__all__ = [
+    "ARCHS",
+    "EXAFS_GRID",
+    "FEATURES",
+    "TARGETS",
+    "TASKS",
+    "XANES_GRID",
+    "SiteTable",
+    "TrainResult",
+    "classification_metrics",
+    "exafs_features",
+    "half_step_e0",
+    "load_sites",
+    "measured_chi",
+    "predict_spectra",
+    "predict_structure",
+    "regression_metrics",
+    "spectrum_features",
+    "split_by_material",
+    "train_inverse",
+    "train_task",
+    "trivial_baseline",
+    "xanes_features",
+]
+
+TASKS = ("cn", "mnnd", "neighbor")
+FEATURES = ("both", "xanes", "exafs")
+TARGETS = ("site", "structure")
+#: model families per task; "rf" = scikit-learn RandomForest, the rest are models.ARCHS networks
+ARCHS = ("rf", "sgmlp", "sgmlp_relu", "sgmlp_linear", "mlp")
+DEFAULT_ARCH = {"cn": "rf", "neighbor": "sgmlp", "mnnd": "sgmlp"}
+#: registry ``kind`` column for each feature variant
+KIND_OF = {"both": "XANES+EXAFS", "xanes": "XANES", "exafs": "EXAFS"}
+VARIANT_OF = {v: k for k, v in KIND_OF.items()}
+
+XANES_GRID = np.round(np.arange(-5.0, 65.0 + 1e-9, 0.5), 6)  # E - E0, eV
+EXAFS_GRID = np.round(np.arange(2.0, 12.0 + 1e-9, 0.05), 6)  # k, 1/A
+EXAFS_KWEIGHT = 2
+HOLD_EV = 5.0
+MAX_CLAMP_BELOW_EV = 6.0
+GRID_TOL_EV = 1.0
+GRID_TOL_K = 0.06
+FEFF_FERMI_OFFSET_EV = 5.0
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+MIN_CLASS_COUNT = 5
+OTHER = "other"
+
+
+def grid_spec() -> dict:
+    """JSON description of the feature grids (stored in every registered model's ``grid``)."""
+    return {
+        "xanes": {"axis": "E - E0 (eV)", "start": float(XANES_GRID[0]), "stop": float(XANES_GRID[-1]),
+                  "step": 0.5, "e0_rule": f"half-step (mu_norm crosses 0.5, stays above for {HOLD_EV} eV)"},
+        "exafs": {"axis": "k (1/A)", "start": float(EXAFS_GRID[0]), "stop": float(EXAFS_GRID[-1]),
+                  "step": 0.05, "kweight": EXAFS_KWEIGHT,
+                  "k_origin": f"FEFF Fermi level; measured: autobk e0 = half-step - {FEFF_FERMI_OFFSET_EV} eV"},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------------------------
+
+
+def half_step_e0(energies, mu_norm, *, source: str = "spectrum") -> float:
+    """E0 = first energy where edge-step-normalized mu crosses 0.5 upwards and stays >= 0.5 for
+    :data:`HOLD_EV` eV (linear interpolation between the two bracketing points)."""
+    e = np.asarray(energies, float)
+    m = np.asarray(mu_norm, float)
+    if e.shape != m.shape or e.ndim != 1 or e.size < 3:
+        raise InputError(source, "energies and mu must be 1-D arrays of equal length (>= 3 points)")
+    if not (np.isfinite(e).all() and np.isfinite(m).all()):
+        raise InputError(source, "spectrum contains NaN/inf", "remove or repair those points")
+    above = m >= 0.5
+    for i in np.flatnonzero(~above[:-1] & above[1:]) + 1:
+        hold = (e >= e[i]) & (e <= e[i] + HOLD_EV)
+        if above[hold].all():
+            return float(e[i - 1] + (0.5 - m[i - 1]) / (m[i] - m[i - 1]) * (e[i] - e[i - 1]))
+    raise InputError(
+        source,
+        "no edge found: the normalized mu never rises through 0.5 (half the edge step) and stays there",
+        "the file must cover the absorption edge, with pre-edge points, and be edge-step normalizable",
+    )
+
+
+def xanes_features(energies, mu_norm, *, e0: float | None = None, source: str = "spectrum") -> tuple[np.ndarray, float]:
+    """Normalized mu on :data:`XANES_GRID` (relative to the half-step E0) and that E0."""
+    e = np.asarray(energies, float)
+    m = np.asarray(mu_norm, float)
+    if e0 is None:
+        e0 = half_step_e0(e, m, source=source)
+    rel = e - e0
+    if rel[-1] < XANES_GRID[-1] - GRID_TOL_EV:
+        raise InputError(
+            source,
+            f"XANES range too short: data end {rel[-1]:.1f} eV above E0 = {e0:.2f} eV, the models need "
+            f"up to +{XANES_GRID[-1]:.0f} eV",
+            "use a scan extending further above the edge",
+        )
+    if rel[0] > XANES_GRID[0] + MAX_CLAMP_BELOW_EV:
+        raise InputError(
+            source,
+            f"XANES starts {rel[0]:.1f} eV from E0 = {e0:.2f} eV; the models need data from "
+            f"{XANES_GRID[0] + MAX_CLAMP_BELOW_EV:.0f} eV or lower",
+            "use a scan that starts below the edge",
+        )
+    return np.interp(XANES_GRID, rel, m), float(e0)
+
+
+def exafs_features(k, chi, *, source: str = "spectrum") -> np.ndarray:
+    """k^2 chi(k) on :data:`EXAFS_GRID`."""
+    k = np.asarray(k, float)
+    chi = np.asarray(chi, float)
+    if k.shape != chi.shape or k.ndim != 1 or k.size < 3:
+        raise InputError(source, "k and chi must be 1-D arrays of equal length (>= 3 points)")
+    if not (np.isfinite(k).all() and np.isfinite(chi).all()):
+        raise InputError(source, "chi(k) contains NaN/inf", "remove or repair those points")
+    if k[0] > EXAFS_GRID[0] + GRID_TOL_K or k[-1] < EXAFS_GRID[-1] - GRID_TOL_K:
+        raise InputError(
+            source,
+            f"EXAFS range too short: k = {k[0]:.2f}-{k[-1]:.2f} 1/A, the models need "
+            f"{EXAFS_GRID[0]:.0f}-{EXAFS_GRID[-1]:.0f} 1/A",
+            "use a scan reaching at least k = 12 1/A (about 550 eV above the edge)",
+        )
+    return np.interp(EXAFS_GRID, k, chi) * EXAFS_GRID**EXAFS_KWEIGHT
+
+
+def measured_chi(energies, mu, *, e0_half: float, source: str = "spectrum") -> tuple[np.ndarray, np.ndarray]:
+    """chi(k) of a measured mu(E) by larch ``autobk`` with E0 at the FEFF-equivalent Fermi level."""
+    from larch import Group
+    from larch.xafs import autobk
+
+    e = np.asarray(energies, float)
+    g = Group()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            autobk(e, np.asarray(mu, float), group=g, e0=e0_half - FEFF_FERMI_OFFSET_EV, rbkg=1.0,
+                   kweight=EXAFS_KWEIGHT)
+    except Exception as exc:  # larch raises bare numpy/scipy errors on pathological data
+        raise InputError(source, f"EXAFS background removal (autobk) failed: {exc}") from None
+    return np.asarray(g.k, float), np.asarray(g.chi, float)
+
+
+def exafs_reach(energies, e0_half: float) -> float:
+    """Largest k (1/A) a measured scan reaches, counted from the FEFF-equivalent Fermi level."""
+    de = float(np.asarray(energies, float)[-1]) - (e0_half - FEFF_FERMI_OFFSET_EV)
+    return math.sqrt(max(de, 0.0) / 3.8099821)  # hbar^2/2m = 3.81 eV A^2
+
+
+# ----------------------------------------------------------------------------------------------
+# Data from the store
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SiteTable:
+    """Examples for the inverse models: one row per site (or structure), NaN rows for a missing kind."""
+
+    element: np.ndarray
+    edge: np.ndarray
+    structure_id: np.ndarray
+    site_id: np.ndarray  # -1 for structure-level rows
+    group: np.ndarray  # split unit: reduced formula
+    cn: np.ndarray
+    mnnd: np.ndarray
+    neighbor: np.ndarray
+    xanes: np.ndarray  # (n, len(XANES_GRID)), NaN rows where absent
+    exafs: np.ndarray  # (n, len(EXAFS_GRID)), NaN rows where absent
+    keys: list = field(default_factory=list)  # spectrum keys behind each row (data fingerprint)
+    target: str = "site"
+    sources: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.element)
+
+    @property
+    def has_xanes(self) -> np.ndarray:
+        return np.isfinite(self.xanes).all(axis=1)
+
+    @property
+    def has_exafs(self) -> np.ndarray:
+        return np.isfinite(self.exafs).all(axis=1)
+
+    def subset(self, mask) -> SiteTable:
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, int)
+        arrays = {f: getattr(self, f)[idx] for f in
+                  ("element", "edge", "structure_id", "site_id", "group", "cn", "mnnd", "neighbor", "xanes", "exafs")}
+        return replace(self, **arrays, keys=[self.keys[i] for i in idx])
+
+    def with_features(self, features: str) -> SiteTable:
+        """Rows usable by a feature variant (see module doc)."""
+        if features == "xanes":
+            return self.subset(self.has_xanes)
+        if features == "exafs":
+            return self.subset(self.has_exafs)
+        return self.subset(self.has_xanes | self.has_exafs)
+
+    def fingerprint(self) -> str:
+        from .registry import fingerprint
+
+        return fingerprint(k for ks in self.keys for k in ks)
+
+
+def _json(v):
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def _pick_source(rows: list[dict], sources: Sequence[str] | None) -> dict:
+    """One spectrum per (site, edge, kind): the first source in *sources* order, else the newest."""
+    if sources:
+        rank = {s: i for i, s in enumerate(sources)}
+        return min(rows, key=lambda r: (rank.get(r["source"], len(rank)), -r["id"]))
+    return max(rows, key=lambda r: r["id"])
+
+
+def load_sites(
+    engine: sa.Engine,
+    *,
+    elements: Sequence[str] | None = None,
+    edges: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    target: str = "site",
+    progress: Callable[[int], None] | None = None,
+) -> SiteTable:
+    """Labelled simulated spectra from the store as feature rows (see module doc for *target*).
+
+    Spectra that cannot be featurized (range too short, no edge) are skipped and counted in
+    ``skipped`` of the returned table's ``sources`` note; they never raise.
+    """
+    from .schema import sites as si
+    from .schema import spectra as sp
+    from .schema import structures as st
+
+    if target not in TARGETS:
+        raise InputError("--target", f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
+    q = (
+        sa.select(sp.c.id, sp.c.key, sp.c.source, sp.c.absorber, sp.c.edge, sp.c.kind, sp.c.energies, sp.c.mu,
+                  sp.c.k, sp.c.chi, sp.c.normalized, sp.c.site_id, sp.c.structure_id, st.c.formula)
+        .select_from(sp.join(st, st.c.id == sp.c.structure_id))
+        .where(sp.c.site_id.is_not(None))
+    )
+    if elements:
+        q = q.where(sp.c.absorber.in_(list(elements)))
+    if edges:
+        q = q.where(sp.c.edge.in_(list(edges)))
+    if sources:
+        q = q.where(sp.c.source.in_(list(sources)))
+    with engine.connect() as conn:
+        spec_rows = [dict(r) for r in conn.execute(q).mappings()]
+        struct_ids = sorted({r["structure_id"] for r in spec_rows})
+        site_rows = []
+        for i in range(0, len(struct_ids), 2000):
+            sq = sa.select(si.c.id, si.c.structure_id, si.c.site_index, si.c.element, si.c.equivalent_to,
+                           si.c.multiplicity, si.c.cn, si.c.mnnd, si.c.dominant_neighbor, si.c.neighbors
+                           ).where(si.c.structure_id.in_(struct_ids[i:i + 2000]))
+            site_rows += [dict(r) for r in conn.execute(sq).mappings()]
+    sites_by_id = {r["id"]: r for r in site_rows}
+
+    # one spectrum per (site, edge, kind)
+    chosen: dict[tuple, list[dict]] = defaultdict(list)
+    for r in spec_rows:
+        chosen[(r["site_id"], r["edge"], r["kind"])].append(r)
+    per_site: dict[tuple, dict] = defaultdict(dict)  # (site_id, edge) -> {kind: featurized}
+    skipped = 0
+    for (site_id, edge, kind), rows in chosen.items():
+        r = _pick_source(rows, sources)
+        lab = sites_by_id.get(site_id)
+        if lab is None or lab["cn"] is None or lab["cn"] == 0 or lab["mnnd"] is None:
+            continue
+        try:
+            if kind == "XANES":
+                if not r["normalized"]:
+                    raise InputError(r["key"][:12], "not edge-step normalized")
+                e, m = np.asarray(r["energies"], float), np.asarray(r["mu"], float)
+                feat, e0 = xanes_features(e, m, source=r["key"][:12])
+                per_site[(site_id, edge)]["XANES"] = dict(feat=feat, e=e, mu=m, e0=e0, row=r)
+            else:
+                if r["k"] is None or r["chi"] is None:
+                    raise InputError(r["key"][:12], "EXAFS spectrum without chi(k)")
+                k, chi = np.asarray(r["k"], float), np.asarray(r["chi"], float)
+                per_site[(site_id, edge)]["EXAFS"] = dict(feat=exafs_features(k, chi, source=r["key"][:12]),
+                                                           k=k, chi=chi, row=r)
+        except InputError:
+            skipped += 1
+        if progress:
+            progress(1)
+
+    nx, ne = len(XANES_GRID), len(EXAFS_GRID)
+    out: dict[str, list] = defaultdict(list)
+
+    def emit(*, element, edge, structure_id, site_id, group, cn, mnnd, neighbor, xanes, exafs, keys):
+        for name, v in (("element", element), ("edge", edge), ("structure_id", structure_id),
+                        ("site_id", site_id), ("group", group), ("cn", cn), ("mnnd", mnnd),
+                        ("neighbor", neighbor), ("xanes", xanes), ("exafs", exafs), ("keys", keys)):
+            out[name].append(v)
+
+    nan_x, nan_e = np.full(nx, np.nan), np.full(ne, np.nan)
+    if target == "site":
+        for (site_id, edge), kinds in per_site.items():
+            lab = sites_by_id[site_id]
+            any_row = next(iter(kinds.values()))["row"]
+            emit(element=lab["element"], edge=edge, structure_id=any_row["structure_id"], site_id=site_id,
+                 group=any_row["formula"], cn=int(lab["cn"]), mnnd=float(lab["mnnd"]),
+                 neighbor=lab["dominant_neighbor"] or OTHER,
+                 xanes=kinds["XANES"]["feat"] if "XANES" in kinds else nan_x,
+                 exafs=kinds["EXAFS"]["feat"] if "EXAFS" in kinds else nan_e,
+                 keys=[v["row"]["key"] for v in kinds.values()])
+    else:
+        _structure_rows(per_site, site_rows, sites_by_id, emit, nan_x, nan_e)
+
+    n = len(out["element"])
+    table = SiteTable(
+        element=np.asarray(out["element"], dtype=object if n == 0 else None).astype(str),
+        edge=np.asarray(out["edge"], dtype=object if n == 0 else None).astype(str),
+        structure_id=np.asarray(out["structure_id"], dtype=np.int64),
+        site_id=np.asarray(out["site_id"], dtype=np.int64),
+        group=np.asarray(out["group"], dtype=object if n == 0 else None).astype(str),
+        cn=np.asarray(out["cn"], dtype=np.int64),
+        mnnd=np.asarray(out["mnnd"], dtype=float),
+        neighbor=np.asarray(out["neighbor"], dtype=object if n == 0 else None).astype(str),
+        xanes=np.asarray(out["xanes"], float).reshape(n, nx),
+        exafs=np.asarray(out["exafs"], float).reshape(n, ne),
+        keys=out["keys"],
+        target=target,
+        sources=list(sources or []),
+    )
+    table.skipped = skipped  # type: ignore[attr-defined]  # informational count for the CLI summary
+    return table
+
+
+def _structure_rows(per_site, site_rows, sites_by_id, emit, nan_x, nan_e) -> None:
+    """Multiplicity-weighted structure averages (module doc, ``target='structure'``)."""
+    orbit_size: dict[tuple, int] = Counter()
+    orbits_of: dict[tuple, set] = defaultdict(set)  # (structure, element) -> representative indices
+    for r in site_rows:
+        rep = r["equivalent_to"] if r["equivalent_to"] is not None else r["site_index"]
+        orbit_size[(r["structure_id"], rep)] += 1
+        orbits_of[(r["structure_id"], r["element"])].add(rep)
+    groups: dict[tuple, list] = defaultdict(list)
+    for (site_id, edge), kinds in per_site.items():
+        lab = sites_by_id[site_id]
+        groups[(lab["structure_id"], lab["element"], edge)].append((lab, kinds))
+    for (sid, el, edge), members in groups.items():
+        reps = {(m[0]["equivalent_to"] if m[0]["equivalent_to"] is not None else m[0]["site_index"]) for m in members}
+        feats = {}
+        for kind in ("XANES", "EXAFS"):
+            have = [(lab, kinds[kind]) for lab, kinds in members if kind in kinds]
+            have_reps = {(lab["equivalent_to"] if lab["equivalent_to"] is not None else lab["site_index"])
+                         for lab, _ in have}
+            if not have or have_reps != orbits_of[(sid, el)] or len(have_reps) != len(have):
+                continue  # an orbit without this kind (or two spectra for one orbit): skip the kind
+            w = np.array([orbit_size[(sid, r)] for r in
+                          ((lab["equivalent_to"] if lab["equivalent_to"] is not None else lab["site_index"])
+                           for lab, _ in have)], float)
+            w /= w.sum()
+            try:
+                if kind == "XANES":
+                    lo = max(d["e"][0] for _, d in have)
+                    hi = min(d["e"][-1] for _, d in have)
+                    grid = np.arange(lo, hi, 0.25)
+                    avg = sum(wi * np.interp(grid, d["e"], d["mu"]) for wi, (_, d) in zip(w, have))
+                    feats[kind] = xanes_features(grid, avg, source=f"structure {sid}")[0]
+                else:
+                    feats[kind] = sum(wi * d["feat"] for wi, (_, d) in zip(w, have))
+            except InputError:
+                continue
+        if not feats or reps != orbits_of[(sid, el)]:
+            continue
+        labs = [lab for lab, _ in members]
+        w = np.array([orbit_size[(sid, lab["equivalent_to"] if lab["equivalent_to"] is not None
+                                  else lab["site_index"])] for lab in labs], float)
+        nb: Counter = Counter()
+        for wi, lab in zip(w, labs):
+            for k, v in (_json(lab["neighbors"]) or {}).items():
+                nb[k] += wi * v
+        first = next(iter(members[0][1].values()))["row"]
+        emit(element=el, edge=edge, structure_id=sid, site_id=-1, group=first["formula"],
+             cn=int(round(float(np.average([lab["cn"] for lab in labs], weights=w)))),
+             mnnd=float(np.average([lab["mnnd"] for lab in labs], weights=w)),
+             neighbor=nb.most_common(1)[0][0] if nb else OTHER,
+             xanes=feats.get("XANES", nan_x), exafs=feats.get("EXAFS", nan_e),
+             keys=sorted(d["row"]["key"] for _, kinds in members for d in kinds.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits and metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def split_by_material(groups: Sequence[str], *, seed: int, fractions=SPLIT_FRACTIONS) -> np.ndarray:
+    """'train' / 'val' / 'test' per row from a hash of (seed, material): stable across stores."""
+    cut1, cut2 = fractions[0], fractions[0] + fractions[1]
+    memo: dict[str, str] = {}
+    out = []
+    for g in groups:
+        if g not in memo:
+            u = int(hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()[:12], 16) / float(16**12)
+            memo[g] = "train" if u < cut1 else "val" if u < cut2 else "test"
+        out.append(memo[g])
+    return np.asarray(out, dtype=object).astype(str) if out else np.asarray([], dtype=str)
+
+
+def expected_calibration_error(proba: np.ndarray, y_idx: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    if len(y_idx) == 0:
+        return float("nan")
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_idx).astype(float)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(y_true, y_pred, proba: np.ndarray | None = None, classes: Sequence | None = None) -> dict:
+    """accuracy, macro-F1 (over labels seen in truth or prediction), ECE when probabilities are given."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_true = np.asarray([str(v) for v in y_true])
+    y_pred = np.asarray([str(v) for v in y_pred])
+    out = {"n": int(len(y_true))}
+    if len(y_true) == 0:
+        return out | {"accuracy": float("nan"), "macro_f1": float("nan")}
+    out["accuracy"] = float(accuracy_score(y_true, y_pred))
+    out["macro_f1"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    if proba is not None and classes is not None:
+        idx = {str(c): i for i, c in enumerate(classes)}
+        # a true label the model cannot output counts as wrong at any confidence
+        y_idx = np.array([idx.get(v, -1) for v in y_true])
+        out["ece"] = expected_calibration_error(proba, y_idx)
+    return out
+
+
+def regression_metrics(y_true, mean, var=None) -> dict:
+    """MAE (A), R^2, slope of predicted vs true, and +-1/2 sigma coverage when a variance is given."""
+    y = np.asarray(y_true, float)
+    p = np.asarray(mean, float)
+    out = {"n": int(len(y))}
+    if len(y) == 0:
+        return out | {"mae": float("nan"), "r2": float("nan"), "slope": float("nan")}
+    out["mae"] = float(np.mean(np.abs(p - y)))
+    ss = float(np.sum((y - y.mean()) ** 2))
+    out["r2"] = float(1 - np.sum((p - y) ** 2) / ss) if len(y) > 1 and ss > 0 else float("nan")
+    out["slope"] = float(np.polyfit(y, p, 1)[0]) if len(y) > 1 and np.ptp(y) > 0 else float("nan")
+    if var is not None:
+        s = np.sqrt(np.asarray(var, float))
+        out["cov1"] = float(np.mean(np.abs(p - y) <= s))
+        out["cov2"] = float(np.mean(np.abs(p - y) <= 2 * s))
+    return out
+
+
+def _label(task: str, data: SiteTable) -> np.ndarray:
+    return data.cn.astype(str) if task == "cn" else data.neighbor.astype(str)
+
+
+def trivial_baseline(task: str, train: SiteTable, test: SiteTable) -> dict[str, np.ndarray]:
+    """Per-(element, edge) majority class (cn, neighbor) or mean MNND from *train*, applied to *test*."""
+    by: dict[tuple, list] = defaultdict(list)
+    values = train.mnnd if task == "mnnd" else _label(task, train)
+    for el, ed, v in zip(train.element, train.edge, values):
+        by[(el, ed)].append(v)
+    if task == "mnnd":
+        overall = float(np.mean(train.mnnd)) if len(train) else float("nan")
+        ref = {k: float(np.mean(v)) for k, v in by.items()}
+        return {"mean": np.array([ref.get((el, ed), overall) for el, ed in zip(test.element, test.edge)])}
+    overall = Counter(values).most_common(1)[0][0] if len(train) else ""
+    ref = {k: Counter(v).most_common(1)[0][0] for k, v in by.items()}
+    return {"label": np.array([ref.get((el, ed), overall) for el, ed in zip(test.element, test.edge)])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Members: sklearn models with a save() the registry can call, and their loading
+# ----------------------------------------------------------------------------------------------
+
+SKLEARN_FILE = "model.joblib"
+
+
+class SklearnMember:
+    """A fitted scikit-learn estimator with ``save(dir)`` (joblib) for :func:`registry.register`."""
+
+    def __init__(self, *, estimator):
+        self.estimator = estimator
+
+    def save(self, directory) -> Path:
+        import joblib
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.estimator, d / SKLEARN_FILE, compress=3)
+        (d / "config.json").write_text(json.dumps({"class": type(self.estimator).__name__,
+                                                   "format": "joblib"}) + "\n")
+        return d
+
+
+def load_member(directory, *, device: str | None = "auto"):
+    """One seed member from an artifact directory: a joblib'd estimator or a ModelIO network."""
+    d = Path(directory)
+    if (d / SKLEARN_FILE).is_file():
+        import joblib
+
+        return SklearnMember(estimator=joblib.load(d / SKLEARN_FILE))
+    from .models import load_model
+
+    return load_model(d, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TrainResult:
+    """One trained (task, element, edge, features, arch) model: seed members + held-out metrics."""
+
+    task: str
+    element: str | None
+    edge: str | None
+    features: str
+    arch: str
+    members: list
+    config: dict
+    metrics: dict
+    split_seed: int
+    fingerprint: str
+    split_groups: dict
+    test_predictions: list = field(default_factory=list)  # per seed: dict of arrays on the test rows
+    entry: Any = None  # registry entry once registered
+
+
+def _rf_design(data: SiteTable, features: str) -> np.ndarray:
+    """[XANES || EXAFS] with a missing kind zero-filled and two presence flags (variant 'both')."""
+    parts = []
+    if features in ("both", "xanes"):
+        parts.append(np.nan_to_num(data.xanes, nan=0.0))
+    if features in ("both", "exafs"):
+        parts.append(np.nan_to_num(data.exafs, nan=0.0))
+    if features == "both":
+        parts.append(np.stack([data.has_xanes, data.has_exafs], axis=1).astype(float))
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(data), 0))
+
+
+def _nn_inputs(data: SiteTable, features: str, exafs_scale: float) -> dict:
+    """Tensors for the networks; a kind outside the variant is passed as all-missing."""
+    import torch
+
+    n = len(data)
+    x = torch.as_tensor(data.xanes, dtype=torch.float32)
+    e = torch.as_tensor(data.exafs / exafs_scale, dtype=torch.float32)
+    hx = torch.as_tensor(data.has_xanes & (features != "exafs"))
+    he = torch.as_tensor(data.has_exafs & (features != "xanes"))
+    return {"x": x, "e": e, "hx": hx, "he": he, "n": n}
+
+
+def _torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _fit_network(model, loss_on: Callable, n_train: int, n_val: int, *, epochs: int, lr: float, weight_decay: float,
+                 batch_size: int, patience: int, seed: int, val_score: Callable | None = None) -> dict:
+    """AdamW mini-batch training with early stopping on the validation score (lower is better;
+    default the validation loss); the best state is kept."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, bad, hist = float("inf"), None, 0, []
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n_train, generator=gen)
+        for i in range(0, n_train, batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2:  # BatchNorm in the MNND conv block needs > 1 row
+                continue
+            opt.zero_grad()
+            loss = loss_on("train", idx)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            split = "val" if n_val else "train"
+            vl = float(val_score(split)) if val_score else float(loss_on(split, None))
+        hist.append(vl)
+        if vl < best - 1e-5:
+            best, bad = vl, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs_run": len(hist), "best_val_score": best}
+
+
+def _classes_for(task: str, labels: np.ndarray, min_class_count: int) -> tuple[list[str], Callable]:
+    """Class list and a label -> class mapper; rare neighbour classes merge into 'other'."""
+    counts = Counter(labels.tolist())
+    if task == "neighbor":
+        keep = sorted(c for c, n in counts.items() if n >= min_class_count and c != OTHER)
+        classes = keep + ([OTHER] if len(keep) < len(counts) else [])
+        kept = set(keep)
+        return classes, lambda v: np.array([c if c in kept else OTHER for c in v])
+    # CN classes are the integers seen in training; an unseen CN at test time simply counts wrong
+    classes = sorted(counts, key=lambda c: int(c))
+    return classes, lambda v: np.asarray(v)
+
+
+def _class_weights(y_idx: np.ndarray, n_classes: int):
+    import torch
+
+    cnt = np.bincount(y_idx, minlength=n_classes).astype(float)
+    w = np.where(cnt > 0, 1.0 / np.sqrt(np.maximum(cnt, 1.0)), 0.0)
+    w = w / (w[cnt > 0].mean() if (cnt > 0).any() else 1.0)
+    return torch.as_tensor(w, dtype=torch.float32)
+
+
+def _predict_classifier(member, data: SiteTable, features: str, classes: list[str], exafs_scale: float,
+                        device=None) -> np.ndarray:
+    """Class probabilities (n, n_classes) in *classes* order."""
+    if isinstance(member, SklearnMember):
+        est = member.estimator
+        p = est.predict_proba(_rf_design(data, features))
+        out = np.zeros((len(data), len(classes)))
+        col = {str(c): i for i, c in enumerate(classes)}
+        for j, c in enumerate(est.classes_):
+            out[:, col[str(c)]] = p[:, j]
+        return out
+    import torch
+
+    inp = _nn_inputs(data, features, exafs_scale)
+    with torch.no_grad():
+        logits = member(xanes=inp["x"], exafs=inp["e"], has_xanes=inp["hx"], has_exafs=inp["he"])
+    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+def _element_z(elements: Sequence[str]) -> np.ndarray:
+    from pymatgen.core import Element
+
+    return np.array([Element(str(e)).Z for e in elements], dtype=np.int64)
+
+
+def _mnnd_kwargs(data: SiteTable, features: str, exafs_scale: float) -> dict:
+    """Keyword inputs of MNNDRegressor: energies relative to the edge scaled to O(1)."""
+    import torch
+
+    from .models import edge_code
+
+    inp = _nn_inputs(data, features, exafs_scale)
+    n = inp["n"]
+    xe = torch.as_tensor(XANES_GRID / XANES_GRID[-1], dtype=torch.float32).expand(n, -1)
+    ke = torch.as_tensor(EXAFS_GRID / EXAFS_GRID[-1], dtype=torch.float32).expand(n, -1)
+    return dict(xanes_energy=xe, xanes_mu=inp["x"], exafs_energy=ke, exafs_mu=inp["e"], has_xanes=inp["hx"],
+                has_exafs=inp["he"], element=torch.as_tensor(_element_z(data.element)),
+                edge=edge_code(list(data.edge)) if n else torch.zeros(0, dtype=torch.long))
+
+
+def _predict_mnnd(member, data: SiteTable, features: str, exafs_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, variance) in A / A^2; RF variance is the spread over its trees."""
+    if isinstance(member, SklearnMember):
+        X = _rf_design(data, features)
+        trees = np.stack([t.predict(X) for t in member.estimator.estimators_])
+        return trees.mean(axis=0), trees.var(axis=0)
+    import torch
+
+    kw = _mnnd_kwargs(data, features, exafs_scale)
+    with torch.no_grad():
+        pred = member(**kw)
+    mean = pred.mean.cpu().numpy()
+    var = pred.var.cpu().numpy() if pred.var is not None else np.zeros_like(mean)
+    return mean, var
+
+
+def _slice_inputs(kw: dict, idx) -> dict:
+    return {k: (v[idx] if hasattr(v, "shape") and v.ndim >= 1 else v) for k, v in kw.items()}
+
+
+def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, features: str, classes: list[str],
+                  mapper: Callable, seed: int, hp: dict, device, exafs_scale: float, use_element: bool,
+                  variance: bool):
+    """One seed's model (an SklearnMember or a ModelIO network on *device*) and its fit info."""
+    import torch
+
+    _torch_seed(seed)
+    if arch == "rf":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        X = _rf_design(train, features)
+        if task == "mnnd":
+            est = RandomForestRegressor(n_estimators=hp["n_estimators"], max_features=hp["rf_max_features"],
+                                        min_samples_leaf=1, n_jobs=1, random_state=seed)
+            est.fit(X, train.mnnd)
+        else:
+            est = RandomForestClassifier(n_estimators=hp["n_estimators"], max_features=hp["rf_max_features"],
+                                         class_weight=hp["rf_class_weight"], n_jobs=1, random_state=seed)
+            est.fit(X, mapper(_label(task, train)))
+        return SklearnMember(estimator=est), {}
+
+    from .models import MNNDRegressor, NeighborClassifier
+
+    dev = torch.device(device)
+    if task == "mnnd":
+        mu, sd = float(np.mean(train.mnnd)), float(np.std(train.mnnd)) or 0.1
+        model = MNNDRegressor(n_xanes=len(XANES_GRID), n_exafs=len(EXAFS_GRID), arch=arch,
+                              d_embed=hp["d_embed"], d_hidden=hp["d_hidden"], n_layers=hp["n_layers"],
+                              dropout=hp["dropout"], use_element=use_element, variance=variance,
+                              target_mean=mu, target_std=sd).to(dev)
+        kw = {s: _mnnd_kwargs(d, features, exafs_scale) for s, d in (("train", train), ("val", val))}
+        kw = {s: {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in d.items()} for s, d in kw.items()}
+        ys = {s: torch.as_tensor(d.mnnd, dtype=torch.float32, device=dev) for s, d in (("train", train), ("val", val))}
+
+        def loss_on(split, idx):
+            k = kw[split] if idx is None else _slice_inputs(kw[split], idx.to(dev))
+            y = ys[split] if idx is None else ys[split][idx.to(dev)]
+            return model.loss(model(**k), y)
+    else:
+        model = NeighborClassifier(n_xanes=len(XANES_GRID), n_exafs=len(EXAFS_GRID), n_classes=len(classes),
+                                   arch=arch, d_embed=hp["d_embed"], d_hidden=hp["d_hidden"],
+                                   n_layers=hp["n_layers"], dropout=hp["dropout"]).to(dev)
+        col = {c: i for i, c in enumerate(classes)}
+        inp = {s: _nn_inputs(d, features, exafs_scale) for s, d in (("train", train), ("val", val))}
+        ys = {s: torch.as_tensor([col.get(c, -100) for c in mapper(_label(task, d))], dtype=torch.long)
+              for s, d in (("train", train), ("val", val))}
+        weights = _class_weights(ys["train"].numpy(), len(classes)).to(dev) if hp["class_weight"] else None
+
+        def loss_on(split, idx):
+            t = inp[split]
+            sel = slice(None) if idx is None else idx
+            logits = model(xanes=t["x"][sel].to(dev), exafs=t["e"][sel].to(dev), has_xanes=t["hx"][sel].to(dev),
+                           has_exafs=t["he"][sel].to(dev))
+            return torch.nn.functional.cross_entropy(logits, ys[split][sel].to(dev), weight=weights,
+                                                     ignore_index=-100)
+
+        def val_score(split):
+            # macro-F1 is the target metric; weighted CE keeps falling while rare classes are still missed
+            from sklearn.metrics import f1_score
+
+            t = inp[split]
+            pred = model(xanes=t["x"].to(dev), exafs=t["e"].to(dev), has_xanes=t["hx"].to(dev),
+                         has_exafs=t["he"].to(dev)).argmax(-1).cpu().numpy()
+            y = ys[split].numpy()
+            f1 = f1_score(y, pred, average="macro", zero_division=0)
+            return -(f1 + 0.1 * float(np.mean(pred == y)))  # accuracy breaks macro-F1 ties
+    info = _fit_network(model, loss_on, len(train), len(val), epochs=hp["epochs"], lr=hp["lr"],
+                        weight_decay=hp["weight_decay"], batch_size=hp["batch_size"], patience=hp["patience"],
+                        seed=seed, val_score=None if task == "mnnd" else val_score)
+    return model.cpu().eval(), info
+
+
+DEFAULT_HP = {
+    "epochs": 300, "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "patience": 25,
+    "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
+    "n_estimators": 200, "rf_max_features": "sqrt", "rf_class_weight": None,
+}
+
+
+def _summarise_seeds(per_seed: list[dict]) -> dict:
+    """{metric: [mean, std]} over seeds (NaN-aware)."""
+    keys = sorted({k for d in per_seed for k in d if k != "n"})
+    out: dict[str, Any] = {"n": per_seed[0].get("n", 0) if per_seed else 0}
+    for k in keys:
+        vals = np.array([d.get(k, np.nan) for d in per_seed], float)
+        ok = vals[np.isfinite(vals)]
+        out[k] = [float(ok.mean()), float(ok.std())] if len(ok) else [float("nan"), float("nan")]
+    return out
+
+
+def _per_group(task: str, data: SiteTable, preds: dict, classes=None) -> dict[str, dict]:
+    """Metrics overall and per element (per element+edge when several edges are present)."""
+    out = {}
+    multi_edge = len(set(data.edge.tolist())) > 1
+    keys = [f"{el}:{ed}" if multi_edge else el for el, ed in zip(data.element, data.edge)]
+    groups = {"overall": np.ones(len(data), bool)}
+    for k in sorted(set(keys)):
+        groups[k] = np.array([x == k for x in keys])
+    for name, sel in groups.items():
+        if task == "mnnd":
+            var = preds.get("var")
+            out[name] = regression_metrics(data.mnnd[sel], preds["mean"][sel], None if var is None else var[sel])
+        else:
+            proba = preds.get("proba")
+            out[name] = classification_metrics(preds["true"][sel], preds["label"][sel],
+                                               None if proba is None else proba[sel], classes)
+    return out
+
+
+def train_task(
+    data: SiteTable,
+    *,
+    task: str,
+    arch: str | None = None,
+    features: str = "both",
+    seeds: int = 3,
+    split_seed: int = 0,
+    device: str | None = "auto",
+    use_element: bool = True,
+    variance: bool = True,
+    min_class_count: int = MIN_CLASS_COUNT,
+    element: str | None = None,
+    edge: str | None = None,
+    hp: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train *seeds* members of one model on *data* (already restricted to its element/edge, or all
+    elements for the universal MNND) and evaluate them on the held-out materials."""
+    from .models import pick_device
+
+    if task not in TASKS:
+        raise InputError("--task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    arch = arch or DEFAULT_ARCH[task]
+    if arch not in ARCHS:
+        raise InputError("--arch", f"unknown arch {arch!r}", f"use one of {', '.join(ARCHS)}")
+    if features not in FEATURES:
+        raise InputError("--features", f"unknown feature variant {features!r}", f"use one of {', '.join(FEATURES)}")
+    hp = {**DEFAULT_HP, **(hp or {})}
+    data = data.with_features(features)
+    split = split_by_material(data.group, seed=split_seed)
+    parts = {s: data.subset(split == s) for s in ("train", "val", "test")}
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    what = f"{task} {element or 'all'} {edge or 'all'} {features} {arch}"
+    if len(train) < 5:
+        raise InputError(what, f"only {len(train)} training examples (of {len(data)})",
+                         "simulate more structures for this element, or lower the element filter")
+    dev = pick_device(device)
+    finite_e = train.exafs[train.has_exafs]
+    exafs_scale = float(np.std(finite_e)) if finite_e.size else 1.0
+    exafs_scale = exafs_scale if exafs_scale > 0 else 1.0
+    classes, mapper = ([], lambda v: v) if task == "mnnd" else _classes_for(task, _label(task, train), min_class_count)
+    if task != "mnnd" and len(classes) < 2 and arch != "rf":
+        # a one-class network cannot be trained by cross-entropy; the RF handles it trivially
+        arch_note = "single class"
+    else:
+        arch_note = None
+
+    members, fits, test_metrics, val_metrics, preds_out = [], [], [], [], []
+    trivial = trivial_baseline(task, train, test)
+    for s in range(seeds):
+        seed = split_seed * 1000 + s
+        t0 = time.perf_counter()
+        if arch_note:
+            from sklearn.dummy import DummyClassifier
+
+            member = SklearnMember(estimator=DummyClassifier(strategy="most_frequent").fit(
+                _rf_design(train, features), mapper(_label(task, train))))
+            info = {"note": "one class in training data: constant prediction"}
+        else:
+            member, info = _train_member(task, arch, train, val, features=features, classes=classes, mapper=mapper,
+                                         seed=seed, hp=hp, device=dev, exafs_scale=exafs_scale,
+                                         use_element=use_element, variance=variance)
+        info["seconds"] = round(time.perf_counter() - t0, 2)
+        fits.append(info)
+        members.append(member)
+        for split_name, part, store_list in (("val", val, val_metrics), ("test", test, test_metrics)):
+            p = _member_predictions(task, member, part, features, classes, mapper, exafs_scale)
+            store_list.append(_per_group(task, part, p, classes))
+            if split_name == "test":
+                preds_out.append(p)
+        if log:
+            m = test_metrics[-1]["overall"]
+            log(f"{what} seed {s}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items() if k != "n"))
+
+    triv_pred = ({"mean": trivial["mean"]} if task == "mnnd" else
+                 {"label": mapper(trivial["label"]), "true": mapper(_label(task, test))})
+    groups = sorted(set(test_metrics[0]) if test_metrics else [])
+    metrics = {
+        "test": {g: _summarise_seeds([m[g] for m in test_metrics]) for g in groups},
+        "val": {g: _summarise_seeds([m[g] for m in val_metrics]) for g in sorted(set(val_metrics[0]))}
+        if val_metrics else {},
+        "trivial_test": _per_group(task, test, triv_pred, None),
+        "n": {k: len(v) for k, v in parts.items()},
+        "seeds": seeds,
+        "fits": fits,
+    }
+    config = {
+        "target": data.target, "features": features, "classes": classes, "exafs_scale": exafs_scale,
+        "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
+        "use_element": bool(use_element) if task == "mnnd" and arch != "rf" else None,
+        "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
+        "min_class_count": min_class_count if task == "neighbor" else None,
+        "sources": data.sources, "split_fractions": list(SPLIT_FRACTIONS), "split_unit": "reduced formula",
+        "member_seeds": [split_seed * 1000 + s for s in range(seeds)], "device": str(dev),
+        "hyperparameters": hp if arch != "rf" else {k: hp[k] for k in ("n_estimators", "rf_max_features",
+                                                                           "rf_class_weight")},
+        "optimizer": "AdamW" if arch != "rf" else None,
+    }
+    return TrainResult(
+        task=task, element=element, edge=edge, features=features, arch=arch, members=members, config=config,
+        metrics=metrics, split_seed=split_seed, fingerprint=data.fingerprint(),
+        split_groups={s: sorted(set(p.group.tolist())) for s, p in parts.items()}, test_predictions=preds_out,
+    )
+
+
+def _member_predictions(task, member, part: SiteTable, features, classes, mapper, exafs_scale) -> dict:
+    if task == "mnnd":
+        mean, var = _predict_mnnd(member, part, features, exafs_scale)
+        return {"mean": mean, "var": var, "y": part.mnnd, "element": part.element, "edge": part.edge}
+    proba = _predict_classifier(member, part, features, classes, exafs_scale)
+    label = np.array(classes, dtype=object)[proba.argmax(axis=1)].astype(str) if len(part) else np.array([], str)
+    true = mapper(_label(task, part))
+    # confidence/correctness let callers pool calibration over models with different class lists
+    return {"proba": proba, "label": label, "true": true, "conf": proba.max(axis=1) if len(part) else np.array([]),
+            "correct": label == true, "element": part.element, "edge": part.edge}
+
+
+def register_result(engine: sa.Engine, result: TrainResult, *, models_dir=None):
+    """Store a TrainResult through :mod:`xastruct.registry` (artifact dir + `models` row)."""
+    from . import registry
+
+    if models_dir is None:
+        models_dir = registry.default_models_dir(engine.url.render_as_string(hide_password=False))
+    entry = registry.register(
+        engine, task=result.task, element=result.element, edge=result.edge, kind=KIND_OF[result.features],
+        arch=result.arch, members=result.members, grid=grid_spec(), split_seed=result.split_seed,
+        data_fingerprint=result.fingerprint, metrics=_jsonable(result.metrics), config=_jsonable(result.config),
+        models_dir=models_dir, files={"split.json": result.split_groups},
+    )
+    result.entry = entry
+    return entry
+
+
+def _jsonable(x):
+    """NaN -> None so the JSON columns hold valid JSON on every backend."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def train_inverse(
+    engine: sa.Engine,
+    *,
+    task: str,
+    elements: Sequence[str] | None = None,
+    edges: Sequence[str] | None = None,
+    features: str = "both",
+    arch: str | None = None,
+    seeds: int = 3,
+    split_seed: int = 0,
+    device: str | None = "auto",
+    target: str = "site",
+    sources: Sequence[str] | None = None,
+    use_element: bool = True,
+    variance: bool = True,
+    min_sites: int = 20,
+    hp: dict | None = None,
+    register: bool = True,
+    models_dir=None,
+    data: SiteTable | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[TrainResult]:
+    """Train (and register) inverse models: one per (element, edge) for cn / neighbor and for the
+    RF MNND baseline, one universal model for the network MNND. (element, edge) pairs with fewer
+    than *min_sites* usable examples are skipped (reported through *log*)."""
+    if task not in TASKS:
+        raise InputError("--task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    arch = arch or DEFAULT_ARCH[task]
+    if data is None:
+        data = load_sites(engine, elements=elements, edges=edges, sources=sources, target=target)
+    data = data.with_features(features)
+    if len(data) == 0:
+        raise InputError(
+            "store", f"no labelled {KIND_OF.get(features, features)} spectra"
+            + (f" for {', '.join(elements)}" if elements else ""),
+            "simulate spectra first (xastruct simulate / xastruct dataset build) or check --element/--source",
+        )
+    results = []
+    if task == "mnnd" and arch != "rf":
+        combos = [(None, None, np.ones(len(data), bool))]
+    else:
+        pairs = sorted(set(zip(data.element.tolist(), data.edge.tolist())))
+        combos = [(el, ed, (data.element == el) & (data.edge == ed)) for el, ed in pairs]
+    for el, ed, sel in combos:
+        if sel.sum() < min_sites:
+            if log:
+                log(f"skip {task} {el} {ed}: {int(sel.sum())} examples < --min-sites {min_sites}")
+            continue
+        try:
+            res = train_task(data.subset(sel), task=task, arch=arch, features=features, seeds=seeds,
+                             split_seed=split_seed, device=device, use_element=use_element, variance=variance,
+                             element=el, edge=ed, hp=hp, log=log)
+        except InputError as exc:
+            if log:
+                log(f"skip {task} {el} {ed}: {exc.problem}")
+            continue
+        if register:
+            register_result(engine, res, models_dir=models_dir)
+        results.append(res)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class InputSpectra:
+    """Featurized user spectra for one absorber/edge."""
+
+    element: str
+    edge: str
+    xanes: np.ndarray | None
+    exafs: np.ndarray | None
+    measured: bool
+    notes: list = field(default_factory=list)
+
+    def table(self) -> SiteTable:
+        nan_x, nan_e = np.full(len(XANES_GRID), np.nan), np.full(len(EXAFS_GRID), np.nan)
+        return SiteTable(
+            element=np.array([self.element]), edge=np.array([self.edge]), structure_id=np.array([-1]),
+            site_id=np.array([-1]), group=np.array(["input"]), cn=np.array([0]), mnnd=np.array([np.nan]),
+            neighbor=np.array([""]), xanes=(self.xanes if self.xanes is not None else nan_x)[None, :],
+            exafs=(self.exafs if self.exafs is not None else nan_e)[None, :], keys=[[]],
+        )
+
+
+def _read_any(path, *, element: str, edge: str | None):
+    """(SpectrumRecord | None, (k, chi) | None): a FEFF chi.dat is read as chi(k) only."""
+    from .readers import _lines, _read_text, read_feff_chi, read_spectrum_file
+
+    p, _, text = _read_text(path)
+    header = [ln.strip().lstrip("#").split() for ln in _lines(text[:65536]) if ln.strip().startswith("#")]
+    if any(w[:4] == ["k", "chi", "mag", "phase"] for w in header):
+        return None, read_feff_chi(p)
+    return read_spectrum_file(p, absorber=element, edge=edge), None
+
+
+def spectrum_features(path, *, element: str, edge: str | None = None, exafs_path=None) -> InputSpectra:
+    """Read, normalize and align a spectrum file (and an optional separate EXAFS file) onto the
+    model grids. See the module doc for the E0 rule and the measured-to-simulated alignment."""
+    from .readers import check_element
+
+    element = check_element(str(path), element)
+    rec, kchi = _read_any(path, element=element, edge=edge)
+    notes: list[str] = []
+    xanes = exafs = None
+    measured = True
+    if rec is None:
+        raise InputError(str(path), "a FEFF chi.dat holds chi(k) only; the main file must be mu(E)",
+                         "pass the xmu.dat (or XDI) as SPECTRUM_FILE and the chi.dat with --exafs")
+    edge = rec.edge
+    src = rec.path or str(path)
+    feff = rec.source.startswith("feff")
+    measured = not feff
+    if rec.mu_norm is None:
+        raise InputError(src, f"cannot normalize the spectrum: {rec.metadata.get('normalize_error', 'unknown')}")
+    if feff and rec.kind == "EXAFS":
+        # a FEFF path-expansion run has no FMS near-edge structure: use its chi(k) only
+        exafs = exafs_features(rec.k, rec.chi, source=src)
+        notes.append("FEFF EXAFS run: chi(k) from the file, no XANES features")
+    else:
+        xanes, e0 = xanes_features(rec.energies, rec.mu_norm, source=src)
+        notes.append(f"E0 (half-step) = {e0:.2f} eV")
+        if not feff and exafs_path is None:
+            reach = exafs_reach(rec.energies, e0)
+            if reach >= EXAFS_GRID[-1] - GRID_TOL_K:
+                k, chi = measured_chi(rec.energies, rec.mu, e0_half=e0, source=src)
+                exafs = exafs_features(k, chi, source=src)
+                notes.append(f"EXAFS extracted from the same scan (k up to {reach:.1f} 1/A)")
+            else:
+                notes.append(f"scan reaches k = {reach:.1f} 1/A < {EXAFS_GRID[-1]:.0f}: XANES only")
+    if exafs_path is not None:
+        rec2, kchi2 = _read_any(exafs_path, element=element, edge=edge)
+        src2 = str(exafs_path)
+        if kchi2 is not None:
+            exafs = exafs_features(*kchi2, source=src2)
+        elif rec2.source.startswith("feff") and rec2.k is not None:
+            exafs = exafs_features(rec2.k, rec2.chi, source=src2)
+        else:
+            if rec2.mu_norm is None:
+                raise InputError(src2, f"cannot normalize: {rec2.metadata.get('normalize_error', 'unknown')}")
+            e02 = half_step_e0(rec2.energies, rec2.mu_norm, source=src2)
+            k, chi = measured_chi(rec2.energies, rec2.mu, e0_half=e02, source=src2)
+            exafs = exafs_features(k, chi, source=src2)
+        notes.append(f"EXAFS from {src2}")
+    return InputSpectra(element=element, edge=edge, xanes=xanes, exafs=exafs, measured=measured, notes=notes)
+
+
+def _wanted_variants(have_x: bool, have_e: bool) -> list[str]:
+    if have_x and have_e:
+        return ["both", "xanes", "exafs"]
+    return (["xanes"] if have_x else ["exafs"]) + ["both"]
+
+
+def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xanes: bool, have_exafs: bool,
+               measured: bool, arch: str | None = None):
+    """The registry entry (members not loaded) best suited to the inputs, or None.
+
+    Preference: feature variant matching the inputs, then the task's default arch, then the target
+    matching the input (structure for measured files, site for simulations), then the newest."""
+    from . import registry
+
+    variants = _wanted_variants(have_xanes, have_exafs)
+    best, best_key = None, None
+    for e in registry.list_models(engine, task=task):
+        cfg = e.config or {}
+        variant = VARIANT_OF.get(e.kind or "")
+        if variant not in variants or (arch and e.arch != arch):
+            continue
+        if e.element is None:
+            # an element/edge the universal model never saw would get an untrained embedding
+            if cfg.get("use_element") and (element not in (cfg.get("elements") or [])
+                                           or edge not in (cfg.get("edges") or [])):
+                continue
+        elif e.element != element or (e.edge or edge) != edge:
+            continue
+        want_target = "structure" if measured else "site"
+        key = (variants.index(variant), 0 if e.arch == DEFAULT_ARCH[task] else 1,
+               0 if cfg.get("target") == want_target else 1, -e.id)
+        if best_key is None or key < best_key:
+            best, best_key = e, key
+    return best
+
+
+def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None = "auto",
+                    tasks: Sequence[str] = TASKS) -> dict[str, dict]:
+    """CN, MNND and neighbour predictions (with uncertainties) from featurized input spectra."""
+    out: dict[str, dict] = {}
+    table = inp.table()
+    have_x, have_e = inp.xanes is not None, inp.exafs is not None
+    for task in tasks:
+        entry = find_model(engine, task, inp.element, inp.edge, have_xanes=have_x, have_exafs=have_e,
+                           measured=inp.measured)
+        if entry is None:
+            out[task] = {"error": f"no {task} model registered for {inp.element} {inp.edge} with "
+                                  f"{'XANES' if have_x else ''}{'+' if have_x and have_e else ''}"
+                                  f"{'EXAFS' if have_e else ''} input"}
+            continue
+        members = [load_member(d, device=device) for d in entry.member_dirs()]
+        if not members:
+            raise InputError(f"model {entry.name}", f"artifact directory {entry.artifact} holds no seed*/ member",
+                             "retrain the model")
+        cfg = entry.config or {}
+        variant = VARIANT_OF[entry.kind]
+        scale = float(cfg.get("exafs_scale") or 1.0)
+        res: dict[str, Any] = {"model": entry.name, "target": cfg.get("target"), "features": variant}
+        if task == "mnnd":
+            ms, vs = zip(*(_predict_mnnd(m, table, variant, scale) for m in members))
+            ms, vs = np.array(ms)[:, 0], np.array(vs)[:, 0]
+            # total variance = mean aleatoric variance + spread of the seed members
+            res.update(value=float(ms.mean()), sigma=float(math.sqrt(vs.mean() + ms.var())))
+            if cfg.get("elements") and inp.element not in cfg["elements"]:
+                res["warning"] = f"{inp.element} was not in this model's training data"
+        else:
+            classes = list(cfg.get("classes") or [])
+            proba = np.mean([_predict_classifier(m, table, variant, classes, scale) for m in members], axis=0)[0]
+            order = np.argsort(-proba)
+            res.update(label=classes[order[0]], probability=float(proba[order[0]]),
+                       probabilities={classes[i]: float(proba[i]) for i in order})
+            if task == "cn":
+                vals = np.array([float(c) for c in classes])
+                mean = float(np.sum(proba * vals))
+                res.update(value=int(classes[order[0]]), expected=mean,
+                           sigma=float(math.sqrt(max(np.sum(proba * (vals - mean) ** 2), 0.0))))
+        out[task] = res
+    return out
+
+
+def predict_structure(engine: sa.Engine, path, *, element: str, edge: str | None = None, exafs_path=None,
+                      device: str | None = "auto") -> dict:
+    """Read SPECTRUM_FILE (and --exafs), align onto the model grids and predict CN, MNND, neighbour."""
+    inp = spectrum_features(path, element=element, edge=edge, exafs_path=exafs_path)
+    preds = predict_spectra(engine, inp, device=device)
+    if all("error" in v for v in preds.values()):
+        raise InputError(
+            str(path), f"no inverse model registered for {inp.element} {inp.edge}",
+            f"train one first: xastruct train inverse --task cn|mnnd|neighbor --element {inp.element}",
+        )
+    return {"element": inp.element, "edge": inp.edge, "xanes": inp.xanes is not None,
+            "exafs": inp.exafs is not None, "notes": inp.notes, "predictions": preds}
