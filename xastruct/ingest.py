@@ -388,7 +388,7 @@ def find_xdi_files(path) -> list[Path]:
     if not p.exists():
         raise InputError(p, "path does not exist", "give an XDI file or a folder of them")
     # XDI files in the wild carry .xdi but also truncated/odd suffixes (.xd, .xxdi)
-    return sorted(f for f in p.rglob("*") if f.is_file() and ".xd" in f.suffix.lower())
+    return sorted(f for f in p.rglob("*") if f.is_file() and "xd" in f.suffix.lower())
 
 
 def parse_xdi(path) -> Parsed:
