@@ -131,3 +131,17 @@ def test_ingest_structures_labels_all_sites(duck_url, tmp_path):
     assert abs(rows[0][2] - 2.084) < 0.01 and rows[0][4] == 4
     run(["ingest", "structures", tmp_path / "NiO.cif", "--db", duck_url])
     assert count(duck_url, "structures") == 1
+
+
+def test_full_feff9_tree_loads_every_material_and_spectrum(tmp_path):
+    """The whole shared tree: 2,303 materials (108 without spectra) and 4,831 spectra; rerun adds 0."""
+    url = f"duckdb:///{tmp_path / 'full.duckdb'}"
+    n_mat = sum(1 for _ in (CU_FEFF9 / "materials").iterdir())
+    n_spec = sum(1 for _ in (CU_FEFF9 / "materials").glob("*/FEFF-XANES/*/xmu.dat"))
+    res = run(["ingest", "feff", CU_FEFF9, "--db", url, "--workers", 2])
+    assert (n_mat, n_spec) == (2303, 4831)
+    assert count(url, "structures") == n_mat and count(url, "spectra") == n_spec, res.output
+    assert count(url, "spectra", "WHERE normalized AND site_id IS NOT NULL AND absorber = 'Cu'") == n_spec
+    res = run(["ingest", "feff", CU_FEFF9, "--db", url, "--workers", 2])
+    assert count(url, "structures") == n_mat and count(url, "spectra") == n_spec
+    store.dispose_engines()

@@ -33,7 +33,11 @@ def _results_table(task: str, results: list) -> Table:
         tbl.add_column(c, justify="left" if c in ("model", "group") else "right")
     for r in results:
         name = r.entry.name if r.entry is not None else f"{task}/{r.element or 'all'}/{r.edge or 'all'}/{r.arch}"
-        for group, m in r.metrics["test"].items():
+        name = name.split("/", 1)[1]  # the table title already names the task
+        items = list(r.metrics["test"].items())
+        if len(items) == 2:  # one element: its row repeats the overall one
+            items = [it for it in items if it[0] != "overall"]
+        for group, m in items:
             triv = r.metrics["trivial_test"].get(group, {})
             tv = (f"{triv.get('mae', float('nan')):.3f}" if reg else
                   f"{triv.get('accuracy', float('nan')):.3f} / {triv.get('macro_f1', float('nan')):.3f}")
@@ -122,7 +126,7 @@ def structure(spectrum_file, element, edge, exafs_file, device, as_json, db) -> 
         out.print_json(json.dumps(res))
         return
     kinds = "+".join(k for k, v in (("XANES", res["xanes"]), ("EXAFS", res["exafs"])) if v)
-    tbl = Table(title=f"{res['element']} {res['edge']} from {kinds}")
+    tbl = Table(title=f"{res['element']} {res['edge']}, input {kinds}")
     for c in ("quantity", "prediction", "uncertainty", "model"):
         tbl.add_column(c)
     p = res["predictions"]

@@ -1,0 +1,68 @@
+"""Embedded-dataset format: export from one store, load into another (also PostgreSQL), idempotent."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from pymatgen.core import Lattice, Structure
+
+from xastruct import dataset, ingest, store
+from xastruct.cli import main
+
+
+def _count(url, q):
+    with store.get_engine(url).connect() as c:
+        return c.execute(sa.text(q)).scalar()
+
+
+@pytest.fixture
+def source_store(tmp_path):
+    """A small store: two structures from 'builtin' with fake-but-shaped FEFF spectra on their sites."""
+    url = f"duckdb:///{tmp_path / 'src.duckdb'}"
+    eng = store.get_engine(url)
+    nio = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.168), ["Ni", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], [[0, 0, 0]])
+    items = []
+    for name, s in (("NiO", nio), ("Cu", cu)):
+        row = ingest.structure_row(s, source="builtin", source_id=name, provenance={"made": "test"})
+        p = ingest.Parsed(name=name, structure=row, sites=ingest.label_sites(s, None))
+        for idx in sorted({lab["equivalent_to"] for lab in p.sites}):
+            p.spectra.append(dict(key=f"{name}-{idx}", absorber=s[idx].specie.symbol, edge="K", kind="EXAFS",
+                                  source="feff8l", energies=[1.0, 2.0, 3.0], mu=[0.1, 0.9, 1.0], k=[0.0, 1.0],
+                                  chi=[0.2, -0.1], e0=1.5, normalized=True, provenance={"code": "feff8l"},
+                                  _structure_hash=row["content_hash"], _site_index=idx))
+        items.append(p)
+    ingest.write_parsed(eng, items)
+    yield url
+    store.dispose_engines()
+
+
+def test_export_then_load_roundtrip(source_store, db_url, tmp_path):
+    out = tmp_path / "ds"
+    counts = dataset.export_dataset(store.get_engine(source_store), out)
+    assert counts == {"structures": 2, "sites": _count(source_store, "SELECT count(*) FROM sites"), "spectra": 3}
+    eng = store.get_engine(db_url)
+    added = dataset.load_dataset(eng, out)
+    assert added == counts
+    assert dataset.load_dataset(eng, out) == {"structures": 0, "sites": 0, "spectra": 0}
+    # links survive: every spectrum sits on a labelled site of the right element
+    rows = store.get_engine(db_url).connect().execute(sa.text(
+        "SELECT sp.absorber, si.element, si.cn, st.formula, sp.chi FROM spectra sp "
+        "JOIN sites si ON si.id = sp.site_id JOIN structures st ON st.id = sp.structure_id")).all()
+    assert len(rows) == 3 and all(a == e for a, e, *_ in rows)
+    assert {(r[1], r[2]) for r in rows} == {("Ni", 6), ("O", 6), ("Cu", 12)}
+    assert [round(x, 5) for x in rows[0][4]] == [0.2, -0.1]
+
+
+def test_recipe_elements(source_store):
+    eng = store.get_engine(source_store)
+    assert dataset.recipe_elements(eng, {"elements": "all", "min_z": 3}) == ["O", "Ni", "Cu"]
+    assert dataset.recipe_elements(eng, {"elements": "all", "min_z": 20}) == ["Ni", "Cu"]
+    assert dataset.recipe_elements(eng, {"elements": ["Fe", "Cu"], "min_z": 1}) == ["Fe", "Cu"]
+
+
+def test_ingest_builtin_missing_dataset_is_clear(tmp_path):
+    res = CliRunner().invoke(main, ["ingest", "builtin", "--dataset", str(tmp_path / "nope"),
+                                    "--db", f"duckdb:///{tmp_path / 'x.duckdb'}"])
+    assert res.exit_code != 0 and "no dataset here" in res.output
