@@ -168,6 +168,18 @@ def test_split_by_material_is_stable_and_never_straddles():
     assert list(inv.split_by_material(groups, seed=4)) != list(s)
 
 
+def test_temperature_scaling_fixes_overconfident_logits():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    logits = rng.normal(0, 1, (400, 3))
+    logits[np.arange(400), y] += 1.0
+    t = inv.fit_temperature(8 * logits, y)  # 8x overconfident
+    assert 5 < t < 12
+    before = inv.expected_calibration_error(inv._softmax(8 * logits), y)
+    after = inv.expected_calibration_error(inv._softmax(8 * logits / t), y)
+    assert after < before / 2
+
+
 def test_metrics():
     m = inv.regression_metrics([1.0, 2.0, 3.0], [1.1, 2.0, 2.9], var=[0.04, 0.01, 1e-6])
     assert m["mae"] == pytest.approx(0.2 / 3)
@@ -228,13 +240,14 @@ def test_registered_rows_and_reload_reproduce_predictions(trained):
         test = data.subset(inv.split_by_material(data.group, seed=e.split_seed) == "test")
         assert set(test.group) == set(split["test"])
         cfg = e.config
-        for member, before in zip(members, r.test_predictions):
+        for i, (member, before) in enumerate(zip(members, r.test_predictions)):
             if task == "mnnd":
                 mean, var = inv._predict_mnnd(member, test, r.features, cfg["exafs_scale"])
                 np.testing.assert_allclose(mean, before["mean"], rtol=1e-5, atol=1e-6)
                 np.testing.assert_allclose(var, before["var"], rtol=1e-4, atol=1e-8)
             else:
-                p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["exafs_scale"])
+                p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["exafs_scale"],
+                                            inv.member_temperature(cfg, i))
                 np.testing.assert_allclose(p, before["proba"], rtol=1e-5, atol=1e-6)
 
 
@@ -382,3 +395,20 @@ def test_real_cu_feff9_sites_train_cn_and_mnnd(tmp_path):
     m = res[0].metrics["test"]["overall"]
     assert m["n"] > 0 and math.isfinite(m["mae"][0]) and m["mae"][0] < 0.5
     store.dispose_engines()
+
+
+def test_store_backends_load_train_register_predict(db_url, tmp_path):
+    """The same path on DuckDB and PostgreSQL (array columns, JSON config, registry rows)."""
+    build_synthetic_store(db_url, n=30)
+    eng = store.get_engine(db_url)
+    data = inv.load_sites(eng)
+    assert len(data) == 32 and data.has_exafs.all()
+    assert len(inv.load_sites(eng, target="structure")) == 31
+    res = inv.train_inverse(eng, task="cn", seeds=1, device="cpu", min_sites=10, models_dir=tmp_path / "m", data=data)
+    entry = registry.list_models(eng, task="cn")[0]
+    assert entry.name == res[0].entry.name and entry.config["classes"] == ["4", "6"]
+    rng = np.random.default_rng(2)
+    e, mu = _xanes(4, 1.95, "O", rng)
+    f = _write_two_column(tmp_path / "cu.dat", e, mu)
+    p = inv.predict_structure(eng, f, element="Cu", device="cpu")["predictions"]
+    assert p["cn"]["value"] in (4, 6) and "error" in p["mnnd"]

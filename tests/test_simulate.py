@@ -102,3 +102,21 @@ def test_failed_job_is_recorded_not_fatal(tmp_path):
     (status, reason), = _rows(url, "SELECT status, reason FROM jobs")
     assert status == "failed" and reason
     assert _rows(url, "SELECT count(*) FROM spectra")[0][0] == 0
+
+
+def test_jobs_adopt_spectra_loaded_from_a_dataset(tmp_path, db_url):
+    """A store rebuilt from an exported dataset does not recompute spectra it already has."""
+    from xastruct import dataset
+
+    src = f"duckdb:///{tmp_path / 'src.duckdb'}"
+    _structures(tmp_path / "cifs")
+    CliRunner().invoke(main, ["ingest", "structures", str(tmp_path / "cifs" / "Cu.cif"), "--db", src])
+    res = CliRunner().invoke(main, ["simulate", "--elements", "Cu", "--kind", "EXAFS", "--workers", "1", "--db", src])
+    assert res.exit_code == 0, res.output
+    dataset.export_dataset(store.get_engine(src), tmp_path / "ds", sources=("file",))
+    dataset.load_dataset(store.get_engine(db_url), tmp_path / "ds")
+    res = CliRunner().invoke(main, ["simulate", "--elements", "Cu", "--kind", "EXAFS", "--workers", "1",
+                                    "--db", db_url])
+    assert res.exit_code == 0, res.output
+    assert _rows(db_url, "SELECT status, spectrum_id IS NOT NULL FROM jobs") == [("done", True)]
+    assert _rows(db_url, "SELECT count(*) FROM spectra")[0][0] == 1

@@ -244,6 +244,7 @@ class SiteTable:
     keys: list = field(default_factory=list)  # spectrum keys behind each row (data fingerprint)
     target: str = "site"
     sources: list = field(default_factory=list)
+    skipped: int = 0  # spectra that could not be featurized
 
     def __len__(self) -> int:
         return len(self.element)
@@ -299,8 +300,8 @@ def load_sites(
 ) -> SiteTable:
     """Labelled simulated spectra from the store as feature rows (see module doc for *target*).
 
-    Spectra that cannot be featurized (range too short, no edge) are skipped and counted in
-    ``skipped`` of the returned table's ``sources`` note; they never raise.
+    Spectra that cannot be featurized (range too short, no edge, not normalized) are skipped and
+    counted in the table's ``skipped``; they never raise.
     """
     from .schema import sites as si
     from .schema import spectra as sp
@@ -308,20 +309,25 @@ def load_sites(
 
     if target not in TARGETS:
         raise InputError("--target", f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
-    q = (
-        sa.select(sp.c.id, sp.c.key, sp.c.source, sp.c.absorber, sp.c.edge, sp.c.kind, sp.c.energies, sp.c.mu,
-                  sp.c.k, sp.c.chi, sp.c.normalized, sp.c.site_id, sp.c.structure_id, st.c.formula)
-        .select_from(sp.join(st, st.c.id == sp.c.structure_id))
-        .where(sp.c.site_id.is_not(None))
-    )
-    if elements:
-        q = q.where(sp.c.absorber.in_(list(elements)))
-    if edges:
-        q = q.where(sp.c.edge.in_(list(edges)))
-    if sources:
-        q = q.where(sp.c.source.in_(list(sources)))
+    def query(kind: str, arrays: tuple):
+        # each kind fetches only the arrays it uses: EXAFS mu(E) would triple the transfer
+        q = (
+            sa.select(sp.c.id, sp.c.key, sp.c.source, sp.c.absorber, sp.c.edge, sp.c.kind, sp.c.normalized,
+                      sp.c.site_id, sp.c.structure_id, st.c.formula, *arrays)
+            .select_from(sp.join(st, st.c.id == sp.c.structure_id))
+            .where(sp.c.site_id.is_not(None), sp.c.kind == kind)
+        )
+        if elements:
+            q = q.where(sp.c.absorber.in_(list(elements)))
+        if edges:
+            q = q.where(sp.c.edge.in_(list(edges)))
+        if sources:
+            q = q.where(sp.c.source.in_(list(sources)))
+        return q
+
     with engine.connect() as conn:
-        spec_rows = [dict(r) for r in conn.execute(q).mappings()]
+        spec_rows = [dict(r) for r in conn.execute(query("XANES", (sp.c.energies, sp.c.mu))).mappings()]
+        spec_rows += [dict(r) for r in conn.execute(query("EXAFS", (sp.c.k, sp.c.chi))).mappings()]
         struct_ids = sorted({r["structure_id"] for r in spec_rows})
         site_rows = []
         for i in range(0, len(struct_ids), 2000):
@@ -398,8 +404,8 @@ def load_sites(
         keys=out["keys"],
         target=target,
         sources=list(sources or []),
+        skipped=skipped,
     )
-    table.skipped = skipped  # type: ignore[attr-defined]  # informational count for the CLI summary
     return table
 
 
@@ -697,9 +703,35 @@ def _class_weights(y_idx: np.ndarray, n_classes: int):
     return torch.as_tensor(w, dtype=torch.float32)
 
 
+def _classifier_logits(member, data: SiteTable, features: str, exafs_scale: float) -> np.ndarray:
+    import torch
+
+    inp = _nn_inputs(data, features, exafs_scale)
+    with torch.no_grad():
+        logits = member(xanes=inp["x"], exafs=inp["e"], has_xanes=inp["hx"], has_exafs=inp["he"])
+    return logits.cpu().numpy().astype(float)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
+    """Temperature T minimising the NLL of softmax(logits / T) on validation rows (grid search)."""
+    ok = y_idx >= 0
+    if ok.sum() < 5:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.25), np.log(10.0), 60))
+    nll = [-np.mean(np.log(_softmax(logits[ok] / t)[np.arange(ok.sum()), y_idx[ok]] + 1e-12)) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
 def _predict_classifier(member, data: SiteTable, features: str, classes: list[str], exafs_scale: float,
-                        device=None) -> np.ndarray:
-    """Class probabilities (n, n_classes) in *classes* order."""
+                        temperature: float | None = None) -> np.ndarray:
+    """Class probabilities (n, n_classes) in *classes* order; networks' logits are divided by the
+    temperature fitted on the validation materials."""
     if isinstance(member, SklearnMember):
         est = member.estimator
         p = est.predict_proba(_rf_design(data, features))
@@ -708,12 +740,12 @@ def _predict_classifier(member, data: SiteTable, features: str, classes: list[st
         for j, c in enumerate(est.classes_):
             out[:, col[str(c)]] = p[:, j]
         return out
-    import torch
+    return _softmax(_classifier_logits(member, data, features, exafs_scale) / (temperature or 1.0))
 
-    inp = _nn_inputs(data, features, exafs_scale)
-    with torch.no_grad():
-        logits = member(xanes=inp["x"], exafs=inp["e"], has_xanes=inp["hx"], has_exafs=inp["he"])
-    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+def member_temperature(config: dict, i: int) -> float | None:
+    temps = config.get("temperatures") or []
+    return temps[i] if i < len(temps) else None
 
 
 def _element_z(elements: Sequence[str]) -> np.ndarray:
@@ -832,7 +864,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
 DEFAULT_HP = {
     "epochs": 300, "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "patience": 25,
     "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
-    "n_estimators": 200, "rf_max_features": "sqrt", "rf_class_weight": None,
+    "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None,
 }
 
 
@@ -914,7 +946,7 @@ def train_task(
     else:
         arch_note = None
 
-    members, fits, test_metrics, val_metrics, preds_out = [], [], [], [], []
+    members, fits, test_metrics, val_metrics, preds_out, temperatures = [], [], [], [], [], []
     trivial = trivial_baseline(task, train, test)
     for s in range(seeds):
         seed = split_seed * 1000 + s
@@ -929,11 +961,18 @@ def train_task(
             member, info = _train_member(task, arch, train, val, features=features, classes=classes, mapper=mapper,
                                          seed=seed, hp=hp, device=dev, exafs_scale=exafs_scale,
                                          use_element=use_element, variance=variance)
+        temp = None
+        if task != "mnnd" and not isinstance(member, SklearnMember):
+            col = {c: i for i, c in enumerate(classes)}
+            y_val = np.array([col.get(c, -1) for c in mapper(_label(task, val))], int)
+            temp = fit_temperature(_classifier_logits(member, val, features, exafs_scale), y_val) if len(val) else 1.0
+            info["temperature"] = temp
+        temperatures.append(temp)
         info["seconds"] = round(time.perf_counter() - t0, 2)
         fits.append(info)
         members.append(member)
         for split_name, part, store_list in (("val", val, val_metrics), ("test", test, test_metrics)):
-            p = _member_predictions(task, member, part, features, classes, mapper, exafs_scale)
+            p = _member_predictions(task, member, part, features, classes, mapper, exafs_scale, temp)
             store_list.append(_per_group(task, part, p, classes))
             if split_name == "test":
                 preds_out.append(p)
@@ -964,6 +1003,7 @@ def train_task(
         "hyperparameters": hp if arch != "rf" else {k: hp[k] for k in ("n_estimators", "rf_max_features",
                                                                            "rf_class_weight")},
         "optimizer": "AdamW" if arch != "rf" else None,
+        "temperatures": temperatures if task != "mnnd" else None,
     }
     return TrainResult(
         task=task, element=element, edge=edge, features=features, arch=arch, members=members, config=config,
@@ -972,11 +1012,12 @@ def train_task(
     )
 
 
-def _member_predictions(task, member, part: SiteTable, features, classes, mapper, exafs_scale) -> dict:
+def _member_predictions(task, member, part: SiteTable, features, classes, mapper, exafs_scale,
+                        temperature=None) -> dict:
     if task == "mnnd":
         mean, var = _predict_mnnd(member, part, features, exafs_scale)
         return {"mean": mean, "var": var, "y": part.mnnd, "element": part.element, "edge": part.edge}
-    proba = _predict_classifier(member, part, features, classes, exafs_scale)
+    proba = _predict_classifier(member, part, features, classes, exafs_scale, temperature)
     label = np.array(classes, dtype=object)[proba.argmax(axis=1)].astype(str) if len(part) else np.array([], str)
     true = mapper(_label(task, part))
     # confidence/correctness let callers pool calibration over models with different class lists
@@ -1230,7 +1271,8 @@ def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None 
                 res["warning"] = f"{inp.element} was not in this model's training data"
         else:
             classes = list(cfg.get("classes") or [])
-            proba = np.mean([_predict_classifier(m, table, variant, classes, scale) for m in members], axis=0)[0]
+            proba = np.mean([_predict_classifier(m, table, variant, classes, scale, member_temperature(cfg, i))
+                             for i, m in enumerate(members)], axis=0)[0]
             order = np.argsort(-proba)
             res.update(label=classes[order[0]], probability=float(proba[order[0]]),
                        probabilities={classes[i]: float(proba[i]) for i in order})

@@ -104,7 +104,24 @@ def plan(
         ]
         with engine.begin() as conn:
             planned += store.bulk_insert(conn, "jobs", rows)
+    adopt_existing(engine, code)
     return {"planned": planned, "params": full, "code": code}
+
+
+def adopt_existing(engine: sa.Engine, code: str) -> int:
+    """Mark jobs done whose spectrum is already stored (e.g. loaded from an exported dataset).
+
+    Spectra carry their job key in provenance, so a store rebuilt from parquet resumes instead of
+    recomputing what it already has.
+    """
+    sql = sa.text(
+        "UPDATE jobs SET status = 'done', reason = NULL, "
+        "spectrum_id = (SELECT min(s.id) FROM spectra s WHERE s.provenance->>'job_key' = jobs.key) "
+        "WHERE status <> 'done' AND code = :code AND key IN "
+        "(SELECT provenance->>'job_key' FROM spectra WHERE source = :code)"
+    )
+    with engine.begin() as conn:
+        return conn.execute(sql, {"code": code}).rowcount or 0
 
 
 def pending_jobs(engine: sa.Engine, *, elements, edge, kind, code, retry_failed=False, limit=None) -> list[dict]:

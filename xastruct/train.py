@@ -687,7 +687,7 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
             count += len(b)
         val = float(np.mean((_predict(model, forward, watch, batch_size) - y[watch].cpu().numpy()) ** 2))
         history.append((total / max(count, 1), val))

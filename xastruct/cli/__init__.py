@@ -29,9 +29,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import dataset, db, ingest, query, simulate
+    from . import dataset, db, ingest, query, simulate, train
 
-    for mod in (db, ingest, query, simulate, dataset):
+    for mod in (db, ingest, query, simulate, dataset, train):
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
 

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from .. import inverse as inv
 from .. import store
-from .common import console, db_option, out, progress_bar
+from ..readers import check_element
+from .common import console, db_option, out, print_summary, progress_bar
 
 
 def _fmt(v) -> str:
@@ -81,28 +82,36 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
-    els = None if all_elements or not elements else [e.strip() for e in elements.split(",") if e.strip()]
+    els = None if all_elements or not elements else [check_element("--element", e)
+                                                     for e in elements.split(",") if e.strip()]
     eds = None if not edges else [e.strip().upper() for e in edges.split(",") if e.strip()]
     eng = store.get_engine(db)
     hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+    skipped: list[str] = []
+
+    def log(msg: str) -> None:
+        console.print(msg, highlight=False)
+        if msg.startswith("skip "):
+            skipped.append(msg[5:])
     console.print(f"loading labelled spectra ({target} targets) ...")
     data = inv.load_sites(eng, elements=els, edges=eds, sources=list(sources) or None, target=target)
     console.print(f"{len(data)} examples: {int(data.has_xanes.sum())} with XANES, {int(data.has_exafs.sum())} with "
-                  f"EXAFS; {getattr(data, 'skipped', 0)} spectra not usable (range/edge)")
+                  f"EXAFS; {data.skipped} spectra not usable (range/edge)")
     with store.run_record(eng, "train inverse", {"task": task, "elements": els, "edges": eds, "features": features,
                                                  "arch": arch, "seeds": seeds, "split_seed": split_seed,
                                                  "target": target, "sources": list(sources), **hp}) as summary:
         results = inv.train_inverse(eng, task=task, elements=els, edges=eds, features=features, arch=arch,
                                     seeds=seeds, split_seed=split_seed, device=device, target=target,
                                     sources=list(sources) or None, use_element=use_element, variance=variance,
-                                    min_sites=min_sites, hp=hp, models_dir=models_dir, data=data,
-                                    log=lambda m: console.print(m, highlight=False))
+                                    min_sites=min_sites, hp=hp, models_dir=models_dir, data=data, log=log)
         summary["models"] = [r.entry.name for r in results if r.entry is not None]
+        summary["skipped"] = skipped
     if not results:
         raise click.ClickException("no model trained: every (element, edge) had too few examples (see above)")
     out.print(_results_table(task, results))
     for r in results:
         out.print(f"registered {r.entry.name} -> {r.entry.artifact}", highlight=False)
+    print_summary(f"train inverse {task}", {"models": len(results)}, skipped)
 
 
 @click.command("structure")

@@ -1,0 +1,286 @@
+"""`xastruct train forward`, `xastruct models`, `xastruct predict spectrum`."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import registry, store
+from ..errors import InputError
+from .common import console, db_option, out, progress_bar
+
+EDGES = ["K", "L1", "L2", "L3", "L2,3"]
+
+
+@contextmanager
+def epoch_bar(total: int, label: str):
+    """One rich bar per training run: advances per epoch and shows the train/val MSE."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[cyan]train {task.fields[train]}  val {task.fields[val]}  best@{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=4,
+    ) as prog:
+        task = prog.add_task(label, total=total, train="-", val="-", best="-")
+
+        def update(epoch: int, train_mse: float, val_mse: float, best_epoch: int) -> None:
+            prog.update(task, completed=epoch, train=f"{train_mse:.3g}", val=f"{val_mse:.3g}", best=str(best_epoch))
+
+        yield update
+
+
+def _pm(summary: dict, split: str, metric: str, fmt: str = ".4f") -> str:
+    # other tasks' registry rows may lay their metrics out differently: show "-" for those
+    m = summary.get(split) if isinstance(summary, dict) else None
+    m = m.get(metric) if isinstance(m, dict) else None
+    if not isinstance(m, dict) or "mean" not in m:
+        return "-"
+    return f"{m['mean']:{fmt}} ± {m['std']:{fmt}}"
+
+
+def _metrics_table(title: str, rows: list[tuple[str, dict, int]]) -> Table:
+    tbl = Table(title=title)
+    for c in ("model", "seeds", "test MAE", "test RMSE", "test cosine", "peak err"):
+        tbl.add_column(c, justify="left" if c == "model" else "right")
+    for name, summary, n_seeds in rows:
+        tbl.add_row(
+            name, str(n_seeds), _pm(summary, "test", "mae"), _pm(summary, "test", "rmse"),
+            _pm(summary, "test", "cosine"), _pm(summary, "test", "peak_error", ".2f"),
+        )  # fmt: skip
+    return tbl
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train models on the store's data and register them (see `xastruct models`)."""
+
+
+@train_group.command("forward")
+@click.option("--element", default=None, help="Absorbing element, e.g. Cu (or use --all).")
+@click.option("--edge", default="K", show_default=True, type=click.Choice(EDGES))
+@click.option("--kind", default="XANES", show_default=True, type=click.Choice(["XANES", "EXAFS"]))
+@click.option("--source", default=None, help="Spectrum source (feff9, feff10, ...); needed when the store has several.")
+@click.option("--arch", default="xastruct", show_default=True,
+              type=click.Choice(["xastruct", "gcn", "gat", "mpnn", "mean", "sgmlp_relu", "sgmlp_linear", "mlp"]),
+              help="xastruct: frozen CHGNet + SGMLP head; sgmlp_relu/sgmlp_linear/mlp: head ablations; "
+                   "gcn/gat/mpnn: GNN baselines trained end to end; mean: training-mean spectrum.")  # fmt: skip
+@click.option("--freeze/--finetune", default=True, show_default=True,
+              help="Keep CHGNet frozen (embeddings computed once) or fine-tune it (slow on CPU).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Train this many seeds; metrics are mean ± std.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the by-material split.")
+@click.option("--epochs", type=int, default=None, help="Max epochs (default: 2000 frozen heads, 100 GNNs, 30 fine-tuning).")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (val MSE).")
+@click.option("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4; 1e-3 for GNN baselines).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
+@click.option("--all", "all_", is_flag=True,
+              help=f"Every element/edge/kind/source with >= --min-spectra site spectra from >= --min-materials structures.")  # fmt: skip
+@click.option("--min-spectra", type=int, default=40, show_default=True)
+@click.option("--min-materials", type=int, default=20, show_default=True)
+@click.option("--models-dir", type=click.Path(file_okay=False), default=None,
+              help="Artifact directory (default: models/ next to the DuckDB file, else ./models).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
+@db_option
+def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay,
+            batch_size, max_minutes, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir, db):  # fmt: skip
+    """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
+    from .. import train as tr
+
+    if not all_ and not element:
+        raise InputError("train forward", "no --element given", "pass --element Cu (or --all)")
+    eng = store.get_engine(db)
+    config = tr.TrainConfig(
+        arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
+        weight_decay=weight_decay, batch_size=batch_size, max_minutes=max_minutes, device=device, num_threads=threads,
+    )  # fmt: skip
+    if all_:
+        targets = tr.available_datasets(eng, min_spectra=min_spectra, min_materials=min_materials)
+        if not targets:
+            raise InputError("train forward --all", f"no element/edge/kind with >= {min_spectra} site spectra "
+                             f"from >= {min_materials} structures", "ingest or simulate more data")  # fmt: skip
+    else:
+        targets = [dict(element=element, edge=edge, kind=kind, source=source)]
+    rows = []
+    args = dict(targets=targets, config={k: v for k, v in vars(config).items()})
+    with store.run_record(eng, "train forward", json.loads(json.dumps(args, default=str))) as summary:
+        for t in targets:
+            res = tr.train_forward(
+                eng, element=t["element"], edge=t["edge"], kind=t["kind"], source=t["source"], config=config,
+                models_dir=models_dir, cache_dir=cache_dir, progress_factory=progress_bar, epoch_progress=epoch_bar,
+            )  # fmt: skip
+            e = res.entry
+            rows.append((e.name, res.metrics["summary"], res.metrics["n_seeds"]))
+            sp = res.config["split"]["counts"]
+            out.print(
+                f"registered [bold]{e.name}[/] (id {e.id}) at {e.artifact}\n"
+                f"  split (seed {split_seed}, by material, {res.config['split']['n_twin_groups']} StructureMatcher "
+                f"twin groups kept together): " + ", ".join(f"{k} {v['materials']} materials / {v['spectra']} spectra"
+                                                             for k, v in sp.items()),
+                highlight=False,
+            )  # fmt: skip
+            if res.data.skipped:
+                out.print(f"  skipped spectra: {res.data.skipped}")
+            summary.setdefault("models", []).append({"name": e.name, "id": e.id, "test": res.metrics["summary"]["test"]})
+    out.print(_metrics_table("held-out materials (test split)", rows))
+
+
+@click.command("models")
+@click.option("--task", default=None, help="Only this task (forward, cn, mnnd, ...).")
+@click.option("--element", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@db_option
+def models_cmd(task, element, as_json, db) -> None:
+    """List the model registry with held-out metrics."""
+    eng = store.get_engine(db)
+    entries = registry.list_models(eng, task=task, element=element)
+    if as_json:
+        out.print_json(json.dumps([{k: v for k, v in vars(e).items() if k != "members"} for e in entries], default=str))
+        return
+    tbl = Table(title=f"{len(entries)} registered model(s)")
+    for c in ("id", "name", "seeds", "test MAE", "test cosine", "split", "created"):
+        tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left")
+    for e in entries:
+        summ = (e.metrics or {}).get("summary", {})
+        split_doc = (e.config or {}).get("split")
+        counts = split_doc.get("counts", {}) if isinstance(split_doc, dict) else {}
+        split = "/".join(str(counts.get(s, {}).get("materials", "?")) for s in ("train", "val", "test")) if counts else "-"
+        tbl.add_row(
+            str(e.id), e.name, str((e.metrics or {}).get("n_seeds", "-")), _pm(summ, "test", "mae"),
+            _pm(summ, "test", "cosine"), split, str(e.created_at or "")[:19],
+        )  # fmt: skip
+    out.print(tbl)
+
+
+@click.group("predict")
+def predict_group() -> None:
+    """Apply registered models to new structures."""
+
+
+@predict_group.command("spectrum")
+@click.argument("structure_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--element", required=True, help="Absorbing element, e.g. Cu.")
+@click.option("--edge", default="K", show_default=True, type=click.Choice(EDGES))
+@click.option("--kind", default="XANES", show_default=True, type=click.Choice(["XANES", "EXAFS"]))
+@click.option("--site", "sites", type=int, multiple=True,
+              help="0-based site index (repeatable; default: every symmetry-inequivalent site of the element).")
+@click.option("--model", "model_name", default=None,
+              help="Registered model name or id (default: newest xastruct model, else the newest forward model).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a plot (PNG/PDF/SVG) here.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@db_option
+def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, fmt, device, db) -> None:
+    """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model the
+    spread (std) across seeds is printed and drawn as an uncertainty band."""
+    import numpy as np
+
+    from .. import train as tr
+    from ..labels import equivalent_sites
+    from ..readers import read_structures
+
+    eng = store.get_engine(db)
+    structs = read_structures(structure_file)
+    if len(structs) != 1:
+        raise InputError(structure_file, f"holds {len(structs)} structures", "pass a file with one structure")
+    name, structure = structs[0]
+    if model_name:
+        entry = registry.load(eng, model_name, device=device)
+    else:
+        entry = _latest_entry(eng, element, edge, kind, device)
+    if entry.element != element or entry.edge != edge or entry.kind != kind:
+        raise InputError(f"model {entry.name}", f"is for {entry.element} {entry.edge} {entry.kind}, not {element} {edge} {kind}",
+                         "pick a matching --model (see `xastruct models`)")  # fmt: skip
+    idx = [i for i, s in enumerate(structure) if getattr(s.specie, "symbol", str(s.specie)) == element]
+    if not idx:
+        raise InputError(structure_file, f"has no {element} site")
+    if sites:
+        bad = [i for i in sites if i not in idx]
+        if bad:
+            raise InputError(structure_file, f"site(s) {bad} are not {element} sites", f"{element} sites are {idx}")
+        chosen = list(sites)
+    else:
+        reps = equivalent_sites(structure)
+        chosen = sorted({reps[i] for i in idx})
+    preds = tr.predict_sites(entry, structure, chosen, device=device)  # (members, sites, grid)
+    x = tr.grid_points(entry.grid)
+    mean, std = preds.mean(0), preds.std(0, ddof=1) if preds.shape[0] > 1 else np.zeros(preds.shape[1:])
+    axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
+    qty = entry.grid["quantity"]
+    if fmt == "json":
+        doc = {"structure": name, "model": entry.name, "axis": axis, "quantity": qty, "x": x.tolist(),
+               "sites": [{"site": s, "mean": mean[j].tolist(), "std": std[j].tolist()} for j, s in enumerate(chosen)]}  # fmt: skip
+        click.echo(json.dumps(doc))
+    elif fmt == "csv":
+        click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "std")]))
+        for k, xv in enumerate(x):
+            click.echo(",".join([f"{xv:g}"] + [f"{v:.6g}" for j in range(len(chosen)) for v in (mean[j, k], std[j, k])]))
+    else:
+        tbl = Table(title=f"{name}: predicted {element} {edge} {kind} ({qty}) by {entry.name}, {preds.shape[0]} seed(s)")
+        tbl.add_column(axis, justify="right")
+        for s in chosen:
+            tbl.add_column(f"site {s}", justify="right")
+        for k, xv in enumerate(x):
+            tbl.add_row(f"{xv:g}", *[f"{mean[j, k]:.4f} ± {std[j, k]:.4f}" for j in range(len(chosen))])
+        out.print(tbl)
+    if plot:
+        _plot(plot, x, mean, std, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}", n_members=preds.shape[0])
+        console.print(f"plot written to {plot}")
+
+
+def _latest_entry(eng, element, edge, kind, device):
+    entry = registry.latest(eng, "forward", element, edge, kind, "xastruct", device=device)
+    entry = entry or registry.latest(eng, "forward", element, edge, kind, device=device)
+    if entry is None:
+        raise InputError(f"{element} {edge} {kind}", "no forward model registered",
+                         f"train one: xastruct train forward --element {element} --edge {edge} --kind {kind}")  # fmt: skip
+    return entry
+
+
+def _plot(path, x, mean, std, sites, *, axis, quantity, title, n_members) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for j, s in enumerate(sites):
+        (line,) = ax.plot(x, mean[j], label=f"site {s}")
+        if n_members > 1:
+            ax.fill_between(x, mean[j] - std[j], mean[j] + std[j], color=line.get_color(), alpha=0.25, lw=0)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(quantity + (f" (band: ±1 std over {n_members} seeds)" if n_members > 1 else ""))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mount_other_tasks() -> None:
+    """The inverse tasks (xastruct/cli/inverse.py) live in the same `train`/`predict` groups."""
+    try:
+        from . import inverse
+    except ImportError:  # that module is optional for the forward commands
+        return
+    for cmd in getattr(inverse, "TRAIN_COMMANDS", []):
+        train_group.add_command(cmd)
+    for cmd in getattr(inverse, "PREDICT_COMMANDS", []):
+        predict_group.add_command(cmd)
+
+
+_mount_other_tasks()
+
+COMMANDS = [train_group, models_cmd, predict_group]
