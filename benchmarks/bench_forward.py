@@ -58,7 +58,7 @@ def write_table(path: Path, results: list[dict], header: dict) -> None:
         "",
         f"Data: {header['n_spectra']} site spectra of {header['n_structures']} structures from {DATA} "
         f"(store {header['db']}). Grid: normalized mu on E-E0 = {header['grid']['start']:g}..{header['grid']['stop']:g} eV, "
-        f"step {header['grid']['step']:g} eV ({header['grid']['n']} points).",
+        f"step {header['grid']['step']:g} eV ({header['grid']['n']} points); E0 = FEFF Fermi level (k = 0).",
         "",
         f"Split (seed {header['split']['seed']}, by material; {header['split']['n_twin_groups']} StructureMatcher twin "
         f"groups kept on one side): " + ", ".join(

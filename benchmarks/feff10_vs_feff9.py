@@ -47,7 +47,8 @@ def run_site(mp_id: str, idx: int) -> dict:
     ref = read_feff_xmu(next((mat / "FEFF-XANES").glob(f"{idx:03d}_Cu")) / "xmu.dat", absorber="Cu")
     t0 = time.time()
     res = run_job({"kind": "XANES", "structure": s.as_dict(), "site_index": idx, "edge": "K"})
-    out = {"site": f"{mp_id}_{idx:03d}", "n_atoms": len(s), "seconds": time.time() - t0, "status": res.get("status")}
+    out = {"site": f"{mp_id}_{idx:03d}", "n_atoms": len(s), "seconds": time.time() - t0, "status": res.get("status"),
+           "params": res.get("params"), "input_hash": res.get("input_hash")}
     if res.get("status") != "ok":
         out["reason"] = res.get("reason")
         return out
@@ -78,11 +79,16 @@ def main() -> None:
     a = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     cache = RESULTS / "feff10_vs_feff9.jsonl"
+    from xastruct.feff import resolve_params
+
+    current = json.loads(json.dumps(resolve_params("XANES")))
     done = {}
     if cache.exists():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            done[r["site"]] = r
+            # results computed with other FEFF settings than today's defaults are recomputed
+            if r.get("params") == current:
+                done[r["site"]] = r
     sites = random.Random(a.seed).sample(all_sites(), a.n)
     todo = [(m, i) for m, i in sites if f"{m}_{i:03d}" not in done]
     print(f"{len(sites)} sites, {len(todo)} to run", flush=True)
@@ -102,7 +108,7 @@ def main() -> None:
         "",
         f"`.venv/bin/python benchmarks/feff10_vs_feff9.py --n {a.n} --seed {a.seed}`: {len(rows)} random sites "
         f"of cu_k_feff9, {len(ok)} ran. Edge-step normalized, each aligned at its own E0, compared on "
-        f"E - E0 in [{WINDOW[0]:g}, {WINDOW[1]:g}] eV.",
+        f"E - E0 in [{WINDOW[0]:g}, {WINDOW[1]:g}] eV. FEFF10 parameters: `{json.dumps(current)}`.",
         "",
         "| median cosine | median MAE | median E0 shift (eV) | median half-step edge shift, absolute axis (eV) | SCF fallbacks | median s/spectrum |",
         "|---|---|---|---|---|---|",

@@ -146,7 +146,7 @@ def test_feff_inp_text_is_valid_for_feff10_and_hash_is_stable():
     assert "RPATH 6.0" in exafs and "SIG2 0.004" in exafs and "DEBYE" not in exafs
     xanes = feff.write_feff_inp(s, 0, kind="XANES")
     assert "FMS 5.0 0" in xanes and "SCF 4.0 0 30" in xanes and "LDOS" not in xanes
-    assert "XANES 6.0 0.04 0.1" in xanes and "COREHOLE FSR" in xanes
+    assert "XANES 6.0 0.04 0.1" in xanes and "COREHOLE RPA" in xanes
     assert "SCF" not in feff.write_feff_inp(s, 0, kind="XANES", params={"scf": False})
     # hash: deterministic, blind to trailing blanks/CRLF, sensitive to content and site
     assert feff.input_hash(exafs) == feff.input_hash(feff.write_feff_inp(s, 0, kind="EXAFS"))
@@ -292,7 +292,8 @@ def test_feff10_scf_fallback_when_scf_does_not_converge(tmp_path):
     # one SCF iteration cannot converge: FEFF10 warns, we rerun without SCF and flag it
     text = feff.write_feff_inp(cu_fcc(), 0, kind="XANES", params={**XANES_SMALL, "scf_iterations": 1})
     res = feff.run_feff10_xanes(text, workdir=tmp_path, timeout=300)
-    assert res["scf_fallback"] is True and "converge" in res["scf_failure"]
+    assert res["scf_fallback"] is True and "Convergence not reached" in res["scf_failure"]
+    assert res["seconds"] > res["scf_attempt_seconds"] > 0
     assert res["scf_requested"] is False  # the returned spectrum is the no-SCF rerun
     assert "not reached" in (tmp_path / "log1.dat").read_text().lower()
     assert (tmp_path / "noscf" / "xmu.dat").exists() and np.all(np.isfinite(res["mu"]))
@@ -307,4 +308,6 @@ def test_feff10_xanes_matches_mp_feff9(tmp_path):
     ref = np.loadtxt(CU_FEFF9 / "materials" / "mp-361" / "FEFF-XANES" / "000_Cu" / "xmu.dat")
     grid = np.arange(max(res["energies"][0], ref[0, 0]), min(res["energies"][-1], ref[-1, 0]), 0.25)
     a, b = np.interp(grid, res["energies"], res["mu"]), np.interp(grid, ref[:, 0], ref[:, 3])
-    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.98
+    # measured 0.9996 / MAE 0.016 with the RPA core hole (benchmarks/results/feff_convergence.md)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.998
+    assert np.mean(np.abs(a - b)) < 0.03

@@ -810,7 +810,7 @@ class _Relaxer:
         return final, info
 
 
-DEFAULT_MAX_STRUCTURES = 1000
+DEFAULT_MAX_STRUCTURES = 1100
 DEFAULT_MAX_SITES = 4000
 MAX_VOLUME_CHANGE = 0.4
 MAX_FINAL_FORCE = 1.0  # eV/A: beyond this after the step cap the relax did not settle

@@ -5,9 +5,12 @@ Data
     (element, edge, kind, source) and resamples each onto the fixed grid :func:`grid_spec` returns.
     Grids are data (:data:`GRIDS`), looked up most-specific first:
 
-    * XANES: normalized mu on E - E0 from -10 to +60 eV in 0.5 eV steps (141 points). E0 is the
-      spectrum row's e0. 0.5 eV is below the ~1.7 eV core-hole broadening FEFF applies at the Cu K
-      edge, so nothing is lost; +60 eV covers the white line and the first EXAFS-like wiggles.
+    * XANES: normalized mu on E - E0 from -3.5 to +66.5 eV in 0.5 eV steps (141 points). E0 is the
+      spectrum row's e0, which the readers set to FEFF's Fermi level (the k = 0 energy); FEFF 9
+      computes mu from E0 - 3.8 eV on, so a grid starting lower (e.g. -10 eV) would be partly
+      invented in every spectrum. The 70 eV window covers the edge, the white line and the first
+      EXAFS-like wiggles. 0.5 eV is below the ~1.7 eV core-hole broadening FEFF applies at the
+      Cu K edge, so nothing is lost.
     * EXAFS: k^2 chi(k) on k = 2..12 1/A in 0.05 steps (201 points). chi(k) rather than mu(E): the
       normalized mu over ~800 eV is dominated by the trivial edge step (=1) and the oscillations
       that carry the structure are a few percent of it, so an MSE on mu would learn the step;
@@ -15,8 +18,7 @@ Data
       XANES territory, k > 12 is noise-dominated in measurements.
 
     Points outside a spectrum's range take its end value (np.interp); a spectrum that misses more
-    than ``max_extrapolate`` grid units at either end is skipped and counted (FEFF 9 Cu K spectra
-    start between -17.7 and -7.6 eV, where normalized mu is flat at ~0.05).
+    than ``max_extrapolate`` grid units at either end is skipped and counted.
 
 Split
     By material, deterministic from a seed and independent of database ids: structures that
@@ -98,7 +100,7 @@ __all__ = [
 GRIDS: dict[tuple[str, str, str], dict] = {
     ("*", "*", "XANES"): {
         "quantity": "mu_norm", "axis": "E-E0", "unit": "eV",
-        "start": -10.0, "stop": 60.0, "step": 0.5, "max_extrapolate": 5.0,
+        "start": -3.5, "stop": 66.5, "step": 0.5, "max_extrapolate": 1.0,
     },
     ("*", "*", "EXAFS"): {
         "quantity": "k2chi", "axis": "k", "unit": "1/A",
@@ -575,6 +577,7 @@ class TrainConfig:
     dropout: float = 0.0
     encoder_lr_scale: float = 0.1  # fine-tuning: pretrained CHGNet moves 10x slower than the head
     max_minutes: float | None = None  # wall-clock cap per seed (CPU runs of the graph models)
+    keep_last: bool = False  # no early stopping: run all epochs, keep the last weights (tiny/noisy val sets)
     device: str = "auto"
     num_threads: int | None = None
 
@@ -583,6 +586,9 @@ class TrainConfig:
             raise InputError("--arch", f"unknown arch {self.arch!r}", f"choose from {', '.join(ARCHS)}")
         if self.seeds < 1:
             raise InputError("--seeds", f"must be >= 1, got {self.seeds}")
+        if self.finetune and ARCHS[self.arch][0] != "pooled":
+            raise InputError("--finetune", f"does not apply to --arch {self.arch}",
+                             "it fine-tunes CHGNet: use it with xastruct/sgmlp_relu/sgmlp_linear/mlp")  # fmt: skip
 
     @property
     def mode(self) -> str:
@@ -670,8 +676,10 @@ def _fit(
     model: nn.Module, forward: Callable, y: torch.Tensor, train_idx: np.ndarray, val_idx: np.ndarray, *,
     seed: int, epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
     max_minutes: float | None, param_groups: list[dict] | None = None, on_epoch: Callable | None = None,
+    keep_last: bool = False,
 ) -> dict:  # fmt: skip
-    """AdamW + MSE with early stopping on the val MSE; the best-val weights are restored."""
+    """AdamW + MSE with early stopping on the val MSE, the best-val weights restored; with
+    *keep_last* every epoch runs and the last weights are kept (val is then only reported)."""
     opt = torch.optim.AdamW(param_groups or model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     watch = val_idx if len(val_idx) else train_idx
@@ -693,10 +701,11 @@ def _fit(
         history.append((total / max(count, 1), val))
         if val < best:
             best, best_epoch = val, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            if not keep_last:
+                best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, total / max(count, 1), val, best_epoch)
-        if epoch - best_epoch >= patience:
+        if not keep_last and epoch - best_epoch >= patience:
             stopped = "patience"
             break
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
@@ -707,6 +716,7 @@ def _fit(
     return {
         "epochs_run": len(history), "best_epoch": best_epoch, "best_val_mse": best, "stopped": stopped,
         "seconds": round(time.perf_counter() - t0, 2), "final_train_mse": history[-1][0] if history else None,
+        "weights": "last epoch" if keep_last else "best val epoch",
     }  # fmt: skip
 
 
@@ -843,6 +853,7 @@ def train_forward(
                             model, forward, y, idx["train"], idx["val"], seed=seed, epochs=cfg["epochs"], lr=cfg["lr"],
                             weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], patience=cfg["patience"],
                             max_minutes=cfg["max_minutes"], param_groups=groups, on_epoch=on_epoch,
+                            keep_last=cfg["keep_last"],
                         ))  # fmt: skip
                 bs = cfg["batch_size"] or 64
                 preds = {s: _predict(model, forward, i, bs) for s, i in idx.items()}
@@ -872,13 +883,27 @@ def train_forward(
             entry = registry.register(
                 engine, task="forward", element=data.element, edge=data.edge, kind=data.kind,
                 arch=config.registry_arch, members=models, grid=data.grid, split_seed=cfg["split_seed"],
-                data_fingerprint=data.fingerprint(), metrics=metrics, config=cfg_json, models_dir=models_dir,
+                data_fingerprint=data.fingerprint(), metrics=_json_safe(metrics), config=_json_safe(cfg_json),
+                models_dir=models_dir,
                 files={"split.json": split_doc},
             )  # fmt: skip
             entry.members = models
         return TrainResult(entry=entry, members=models, metrics=metrics, split=split, data=data, config=cfg_json)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> None (a diverged run must still register as valid JSON on every backend)."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _feature_doc(cfg: dict) -> dict:

@@ -49,7 +49,7 @@ def _pm(summary: dict, split: str, metric: str, fmt: str = ".4f") -> str:
 def _metrics_table(title: str, rows: list[tuple[str, dict, int]]) -> Table:
     tbl = Table(title=title)
     for c in ("model", "seeds", "test MAE", "test RMSE", "test cosine", "peak err"):
-        tbl.add_column(c, justify="left" if c == "model" else "right")
+        tbl.add_column(c, justify="left" if c == "model" else "right", no_wrap=c == "model")
     for name, summary, n_seeds in rows:
         tbl.add_row(
             name, str(n_seeds), _pm(summary, "test", "mae"), _pm(summary, "test", "rmse"),
@@ -81,7 +81,9 @@ def train_group() -> None:
 @click.option("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4; 1e-3 for GNN baselines).")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=None)
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout in the head's hidden layers.")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
+@click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--all", "all_", is_flag=True,
@@ -93,8 +95,9 @@ def train_group() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
 @db_option
-def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay,
-            batch_size, max_minutes, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir, db):  # fmt: skip
+def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay, batch_size,
+            dropout, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir,
+            db):  # fmt: skip
     """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
     from .. import train as tr
 
@@ -103,7 +106,8 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
     eng = store.get_engine(db)
     config = tr.TrainConfig(
         arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, max_minutes=max_minutes, device=device, num_threads=threads,
+        weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, max_minutes=max_minutes, keep_last=keep_last,
+        device=device, num_threads=threads,
     )  # fmt: skip
     if all_:
         targets = tr.available_datasets(eng, min_spectra=min_spectra, min_materials=min_materials)
@@ -150,7 +154,7 @@ def models_cmd(task, element, as_json, db) -> None:
         return
     tbl = Table(title=f"{len(entries)} registered model(s)")
     for c in ("id", "name", "seeds", "test MAE", "test cosine", "split", "created"):
-        tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left")
+        tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left", no_wrap=c == "name")
     for e in entries:
         summ = (e.metrics or {}).get("summary", {})
         split_doc = (e.config or {}).get("split")
@@ -260,8 +264,8 @@ def _plot(path, x, mean, std, sites, *, axis, quantity, title, n_members) -> Non
         if n_members > 1:
             ax.fill_between(x, mean[j] - std[j], mean[j] + std[j], color=line.get_color(), alpha=0.25, lw=0)
     ax.set_xlabel(axis)
-    ax.set_ylabel(quantity + (f" (band: ±1 std over {n_members} seeds)" if n_members > 1 else ""))
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(quantity)
+    ax.set_title(title + (f"\nband: ±1 std over {n_members} seeds" if n_members > 1 else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
