@@ -798,7 +798,7 @@ class _Relaxer:
         fmax_final = float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
         energy = float(traj.energies[-1])
         info = {
-            "steps": len(traj.energies),
+            "steps": len(traj.energies),  # force evaluations: initial + one per FIRE step (+ final)
             "max_steps": self.steps,
             "fmax_target_eV_per_A": self.fmax,
             "final_max_force_eV_per_A": round(fmax_final, 4),
