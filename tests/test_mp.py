@@ -189,3 +189,35 @@ def test_fetch_argument_validation():
                       ({"elements": ["Cu"], "kind": "RIXS"}, "unknown spectrum kind")]:
         with pytest.raises(InputError, match=match):
             fetch_xas(rester=fake_rester(), **kw)
+
+
+def test_ingest_mp_into_store_is_idempotent(db_url):
+    """Fake MP documents go through the real ingest into the store; a rerun adds nothing."""
+    import sqlalchemy as sa
+
+    from xastruct import store
+    from xastruct.ingest import ingest_mp
+
+    eng = store.get_engine(db_url)
+    res = ingest_mp(eng, elements=["Cu", "Ni"], rester=fake_rester(_docs()))
+    assert res["added"]["spectra"] == 3 and res["added"]["structures"] == 3 and not res["failed"]
+    with eng.connect() as c:
+        rows = c.execute(sa.text(
+            "SELECT st.source, st.source_id, sp.absorber, si.element, si.cn FROM spectra sp "
+            "JOIN structures st ON st.id = sp.structure_id LEFT JOIN sites si ON si.id = sp.site_id "
+            "ORDER BY st.source_id")).all()
+    assert {r[1] for r in rows} == {"mp-30", "mp-361", "mp-19009"} and all(r[0] == "mp" for r in rows)
+    assert all(r[3] in (None, r[2]) for r in rows)  # a site-specific spectrum sits on an absorber site
+    again = ingest_mp(eng, elements=["Cu", "Ni"], rester=fake_rester(_docs()))
+    assert again["added"] == {"structures": 0, "sites": 0, "spectra": 0}
+
+
+def test_cli_ingest_mp_without_key_says_so(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from xastruct.cli import main
+
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    monkeypatch.delenv("PMG_MAPI_KEY", raising=False)
+    res = CliRunner().invoke(main, ["ingest", "mp", "--elements", "Fe", "--db", f"duckdb:///{tmp_path / 'x.duckdb'}"])
+    assert res.exit_code != 0 and "MP_API_KEY" in res.output
