@@ -3,19 +3,23 @@
 XAStruct (frozen CHGNet + SGMLP head) vs the GNN baselines (GCN, GAT, MPNN trained end to end),
 the training-mean spectrum and the three head ablations, all on the same by-material split
 (StructureMatcher twins kept together) and the same 141-point grid, ``--seeds`` seeds each.
-Writes benchmarks/results/forward_cu.md (rewritten after every model, so a partial run leaves a
-partial table) and registers every model in the benchmark's own store.
+
+Every model is registered in the benchmark's own store, and benchmarks/results/forward_cu.md is
+rendered from that registry after each model (the newest model per row wins, each row names its
+registry entry). A rerun skips rows the registry already holds with the same data, split and
+settings, so an interrupted run resumes where it stopped.
 
     nohup .venv/bin/python benchmarks/bench_forward.py > /tmp/bench_forward.log 2>&1 &
 
 The store defaults to a scratch DuckDB file outside the repo; it is filled from the shared tree on
-first use (`xastruct ingest feff`). GNN baselines cost minutes per epoch on a 2-core CPU: their
-epochs and wall time per seed are capped (``--gnn-epochs``, ``--gnn-minutes``) and the table says so.
+first use. GNN baselines cost minutes per epoch on a 2-core CPU: their epochs and wall time per
+seed are capped (``--gnn-epochs``, ``--gnn-minutes``) and the table says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -23,15 +27,18 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xastruct import ingest, store, train  # noqa: E402
+from xastruct import ingest, registry, store, train  # noqa: E402
+from xastruct.schema import runs as runs_t  # noqa: E402
 
 DATA = Path("/work/shared/data/cu_k_feff9")
 ALL_ARCHS = ["mean", "xastruct", "sgmlp_relu", "sgmlp_linear", "mlp", "gcn", "gat", "mpnn"]
+DEFAULT_ROWS = "mean,xastruct,xastruct:dropout=0.2,sgmlp_relu,sgmlp_linear,mlp,gcn,gat,mpnn"
 LABELS = {
     "mean": ("training-set mean spectrum", "-", "-"),
     "xastruct": ("XAStruct", "CHGNet (frozen)", "SGMLP"),
@@ -46,67 +53,131 @@ LABELS = {
 
 def _pm(summary: dict, metric: str, fmt: str) -> str:
     m = summary["test"].get(metric)
-    return "-" if m is None else f"{m['mean']:{fmt}} ± {m['std']:{fmt}}"
+    return "-" if not m or m.get("mean") is None else f"{m['mean']:{fmt}} ± {m['std']:{fmt}}"
 
 
-def write_table(path: Path, results: list[dict], header: dict) -> None:
+def _key(arch: str, cfg: dict) -> tuple:
+    """What makes two registered models the same benchmark row."""
+    return (arch, float(cfg.get("dropout") or 0.0), cfg.get("lr"), cfg.get("epochs"), cfg.get("patience"),
+            cfg.get("max_minutes"), cfg.get("seeds") if cfg.get("mode") != "mean" else 1)  # fmt: skip
+
+
+def _rows(eng, fingerprint: str, split_seed: int) -> list:
+    """Newest registered model per row key, trained on exactly this data and split."""
+    best: dict = {}
+    for e in registry.list_models(eng, task="forward", element="Cu"):
+        if (e.edge, e.kind, e.data_fingerprint, e.split_seed) != ("K", "XANES", fingerprint, split_seed):
+            continue
+        best[_key(e.arch, e.config or {})] = e  # list_models is oldest first: the newest wins
+    order = {a: i for i, a in enumerate(ALL_ARCHS)}
+    return sorted(best.values(), key=lambda e: (order.get(e.arch, 99), e.config.get("dropout") or 0.0, e.id))
+
+
+def render(eng, path: Path, data, split_seed: int) -> None:
+    """Rewrite the markdown table from the registry (every row traceable to a model name)."""
+    entries = _rows(eng, data.fingerprint(), split_seed)
+    if not entries:
+        return
+    with eng.connect() as c:
+        runs = c.execute(sa.select(runs_t.c.id, runs_t.c.args, runs_t.c.status, runs_t.c.summary)
+                         .where(runs_t.c.command == "bench forward").order_by(runs_t.c.id)).fetchall()  # fmt: skip
+    trained_by = {}
+    for rid, args, status, summary in runs:
+        for name in (summary or {}).get("models", []):
+            trained_by[name] = rid
+    cfg0 = entries[0].config
+    split = cfg0["split"]
+    grid = entries[0].grid
     lines = [
         "# Forward models: Cu K-edge XANES (FEFF 9), held-out materials",
         "",
-        f"Generated {header['when']} by `{header['command']}` ({header['host']}, torch {torch.__version__}, "
-        f"{header['threads']} torch thread(s), device {header['device']}).",
+        f"Rendered {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the model registry of the benchmark "
+        f"store ({platform.node()}, torch {torch.__version__}, device {cfg0.get('device_used')}, "
+        f"{cfg0.get('torch_threads')} torch thread(s); the machine's 2 cores were shared with a FEFF job).",
         "",
-        f"Data: {header['n_spectra']} site spectra of {header['n_structures']} structures from {DATA} "
-        f"(store {header['db']}). Grid: normalized mu on E-E0 = {header['grid']['start']:g}..{header['grid']['stop']:g} eV, "
-        f"step {header['grid']['step']:g} eV ({header['grid']['n']} points); E0 = FEFF Fermi level (k = 0).",
+        f"Data: {data.n} site spectra of {len(set(data.structure_ids.tolist()))} structures from {DATA} "
+        f"(data fingerprint {data.fingerprint()[:12]}). Grid: normalized mu on E-E0 = {grid['start']:g}..{grid['stop']:g} eV, "
+        f"step {grid['step']:g} eV ({grid['n']} points); E0 = FEFF Fermi level (k = 0).",
         "",
-        f"Split (seed {header['split']['seed']}, by material; {header['split']['n_twin_groups']} StructureMatcher twin "
-        f"groups kept on one side): " + ", ".join(
-            f"{k} {v['materials']} materials / {v['spectra']} spectra" for k, v in header["split"]["counts"].items()
-        ) + ".",
+        f"Split (seed {split['seed']}, by material; {split['n_twin_groups']} StructureMatcher twin groups kept on one "
+        "side): " + ", ".join(f"{k} {v['materials']} materials / {v['spectra']} spectra" for k, v in split["counts"].items())
+        + ".",
         "",
         "Metrics on the test materials, mean ± std (sample std) over seeds: MAE / RMSE of normalized mu over "
         "all grid points, cosine similarity per spectrum, |main-peak position error| in eV.",
         "",
-        "| model | encoder | head | seeds | lr | epochs run (best) per seed | test MAE | test RMSE | cosine | peak err (eV) | s / seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | encoder | head | dropout | seeds | lr | epochs run (best) per seed | test MAE | test RMSE | cosine "
+        "| peak err (eV) | s / seed | registry name |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for r in results:
-        name, enc, head = LABELS[r["arch"]]
-        fits = r["fits"]
-        ep = ", ".join(f"{f['epochs_run']} ({f['best_epoch']}){'*' if f['stopped'] in ('time', 'epochs') and r['capped'] else ''}"
-                       for f in fits) or "-"  # fmt: skip
+    capped = False
+    for e in entries:
+        cfg = e.config
+        name, enc, head = LABELS[e.arch]
+        fits = cfg.get("fits") or []
+        marks = []
+        for f in fits:
+            cap = f["stopped"] in ("time", "epochs") and cfg.get("mode") == "graph"
+            capped |= cap
+            marks.append(f"{f['epochs_run']} ({f['best_epoch']}){'*' if cap else ''}")
         secs = f"{sum(f['seconds'] for f in fits) / len(fits):.0f}" if fits else "0"
-        s = r["summary"]
+        s = e.metrics["summary"]
+        run = trained_by.get(e.name)
         lines.append(
-            f"| {name} | {enc} | {head} | {r['n_seeds']} | {r['lr'] if fits else '-'} | {ep} | {_pm(s, 'mae', '.4f')} | "
-            f"{_pm(s, 'rmse', '.4f')} | {_pm(s, 'cosine', '.4f')} | {_pm(s, 'peak_error', '.2f')} | {secs} |"
-        )
+            f"| {name} | {enc} | {head} | {cfg.get('dropout') or 0:g} | {e.metrics['n_seeds']} | "
+            f"{cfg['lr'] if fits else '-'} | {', '.join(marks) or '-'} | {_pm(s, 'mae', '.4f')} | {_pm(s, 'rmse', '.4f')} | "
+            f"{_pm(s, 'cosine', '.4f')} | {_pm(s, 'peak_error', '.2f')} | {secs} | {e.name}{f' (run {run})' if run else ''} |"
+        )  # fmt: skip
+    pooled = next((e.config for e in entries if e.config.get("mode") == "pooled"), None)
+    gnn = next((e.config for e in entries if e.config.get("mode") == "graph"), None)
     lines += [
         "",
         "Training: AdamW (weight decay 0.01), MSE on the grid, the head predicts the residual from the training-mean "
-        "spectrum, early stopping on the val MSE (best-val weights kept). Frozen-CHGNet heads: batch 64, patience "
-        f"{header['pooled_patience']}, at most {header['pooled_epochs']} epochs. GNN baselines: batch 16, lr "
-        f"{header['gnn_lr']}, patience 10.",
-    ]
-    if header.get("gnn_cap"):
+        "spectrum, early stopping on the val MSE with the best-val weights kept."
+        + (f" Frozen-CHGNet heads: batch {pooled['batch_size']}, patience {pooled['patience']}, at most "
+           f"{pooled['epochs']} epochs." if pooled else "")
+        + (f" GNN baselines: batch {gnn['batch_size']}, lr {gnn['lr']}, patience {gnn['patience']}." if gnn else ""),
+    ]  # fmt: skip
+    if gnn and capped:
         lines.append(
-            f"**GNN baselines are capped** at {header['gnn_cap']['epochs']} epochs and {header['gnn_cap']['minutes']} "
-            "min per seed on this shared 2-core CPU (`*` = stopped by the cap, not by early stopping), so they are "
-            "under-trained relative to a GPU run; their numbers are a lower bound on what the architectures reach."
+            f"\n**GNN baselines are capped** at {gnn['epochs']} epochs and {gnn['max_minutes']:g} min per seed on this "
+            "shared 2-core CPU (`*` = stopped by the cap, not by early stopping), so they are under-trained relative "
+            "to a GPU run: their numbers are an upper bound on the error those architectures reach."
         )
+    if runs:
+        lines += ["", "Benchmark invocations recorded in the store's `runs` table (run id: command):", ""]
+        lines += [f"- {rid}: `python benchmarks/bench_forward.py {' '.join(args.get('argv', []))}` ({status})"
+                  for rid, args, status, _ in runs]  # fmt: skip
+    untracked = [e.name for e in entries if e.name not in trained_by]
+    if untracked:
+        lines += ["", "Rows without a run id were trained by an earlier version of this script (same data, split and "
+                  "settings; their full config is in the registry): " + ", ".join(untracked) + "."]  # fmt: skip
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
 
+def _variants(spec: str) -> list[tuple[str, float]]:
+    """"xastruct,xastruct:dropout=0.2,gcn" -> [("xastruct", 0.0), ("xastruct", 0.2), ("gcn", 0.0)]."""
+    out = []
+    for item in (a.strip() for a in spec.split(",")):
+        if not item:
+            continue
+        arch, _, opt = item.partition(":")
+        dropout = float(opt.split("=", 1)[1]) if opt.startswith("dropout=") else 0.0
+        if arch not in LABELS:
+            raise SystemExit(f"unknown arch {arch!r}; choose from {ALL_ARCHS}")
+        out.append((arch, dropout))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default="duckdb:////tmp/bench_forward/cu.duckdb", help="scratch store (filled on first use)")
-    ap.add_argument("--archs", default=",".join(ALL_ARCHS))
+    ap.add_argument("--archs", default=DEFAULT_ROWS, help="comma list; arch:dropout=0.2 adds a dropout variant")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=None, help="frozen-head lr (default 1e-4)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="frozen-head lr")
     ap.add_argument("--pooled-epochs", type=int, default=2000)
     ap.add_argument("--pooled-patience", type=int, default=50)
     ap.add_argument("--gnn-lr", type=float, default=1e-3)
@@ -116,9 +187,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--models-dir", default=None)
+    ap.add_argument("--retrain", action="store_true", help="train even when the registry has this exact row already")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "forward_cu.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    variants = _variants(args.archs)
 
     eng = store.get_engine(args.db)
     with eng.connect() as c:
@@ -129,53 +202,46 @@ def main() -> None:
     t0 = time.perf_counter()
     data = train.load_forward_data(eng, element="Cu", edge="K", kind="XANES", source="feff9")
     print(f"loaded {data.n} spectra in {time.perf_counter() - t0:.0f} s", flush=True)
-    results: list[dict] = []
-    header = {
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python " + " ".join(["benchmarks/bench_forward.py", *sys.argv[1:]]),
-        "host": f"{platform.node()} ({platform.processor() or platform.machine()})",
-        "threads": args.threads, "device": str(train.pick_device(args.device)), "db": args.db,
-        "n_spectra": data.n, "n_structures": len(set(data.structure_ids.tolist())), "grid": data.grid,
-        "pooled_epochs": args.pooled_epochs, "pooled_patience": args.pooled_patience, "gnn_lr": args.gnn_lr,
-    }  # fmt: skip
-    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        mode = train.ARCHS[arch][0]
-        gnn = mode == "graph"
-        cfg = train.TrainConfig(
-            arch=arch, seeds=args.seeds, split_seed=args.split_seed, device=args.device, num_threads=args.threads,
-            lr=args.gnn_lr if gnn else args.lr,
-            epochs=args.gnn_epochs if gnn else args.pooled_epochs,
-            patience=None if gnn else args.pooled_patience,
-            max_minutes=args.gnn_minutes if gnn else None,
-        )  # fmt: skip
-        if gnn:
-            header["gnn_cap"] = {"epochs": args.gnn_epochs, "minutes": args.gnn_minutes}
-        t = time.perf_counter()
+    out = Path(args.out)
+    with store.run_record(eng, "bench forward", {"argv": sys.argv[1:]}) as summary:
+        summary["models"] = []
+        for arch, dropout in variants:
+            gnn = train.ARCHS[arch][0] == "graph"
+            cfg = train.TrainConfig(
+                arch=arch, seeds=args.seeds, split_seed=args.split_seed, device=args.device, num_threads=args.threads,
+                lr=args.gnn_lr if gnn else args.lr, dropout=dropout,
+                epochs=args.gnn_epochs if gnn else args.pooled_epochs,
+                patience=None if gnn else args.pooled_patience,
+                max_minutes=args.gnn_minutes if gnn else None,
+            )  # fmt: skip
+            have = {_key(e.arch, e.config): e for e in _rows(eng, data.fingerprint(), args.split_seed)}
+            if not args.retrain and _key(arch, cfg.resolved()) in have:
+                print(f"{arch} dropout {dropout}: already registered as {have[_key(arch, cfg.resolved())].name}", flush=True)
+                continue
+            t = time.perf_counter()
 
-        def epoch_log(total, label):
-            import contextlib
+            def epoch_log(total, label, gnn=gnn):
+                @contextlib.contextmanager
+                def cm():
+                    def update(epoch, tr, va, best):
+                        if gnn or epoch % 25 == 0:
+                            print(f"  {label} epoch {epoch}/{total} train {tr:.5f} val {va:.5f} best@{best}", flush=True)
 
-            @contextlib.contextmanager
-            def cm():
-                def update(epoch, tr, va, best):
-                    if gnn or epoch % 25 == 0:
-                        print(f"  {label} epoch {epoch}/{total} train {tr:.5f} val {va:.5f} best@{best}", flush=True)
+                    yield update
 
-                yield update
+                return cm()
 
-            return cm()
-
-        res = train.train_forward(eng, element="Cu", config=cfg, data=data, cache_dir=args.cache_dir,
-                                  models_dir=args.models_dir, epoch_progress=epoch_log)  # fmt: skip
-        header["split"] = res.config["split"]
-        results.append({
-            "arch": arch, "summary": res.metrics["summary"], "n_seeds": res.metrics["n_seeds"], "fits": res.config["fits"],
-            "lr": res.config["lr"], "capped": gnn, "name": res.entry.name,
-        })  # fmt: skip
-        print(f"{arch}: {json.dumps(res.metrics['summary']['test'])} ({time.perf_counter() - t:.0f} s) -> {res.entry.name}",
-              flush=True)  # fmt: skip
-        write_table(Path(args.out), results, header)
-    print(f"wrote {args.out}", flush=True)
+            res = train.train_forward(eng, element="Cu", config=cfg, data=data, cache_dir=args.cache_dir,
+                                      models_dir=args.models_dir, epoch_progress=epoch_log)  # fmt: skip
+            summary["models"].append(res.entry.name)
+            # the run row is written at the end; keep the partial list visible to render() meanwhile
+            with eng.begin() as c:
+                c.execute(sa.update(runs_t).where(runs_t.c.id == summary["run_id"]).values(summary=dict(summary)))
+            print(f"{arch} dropout {dropout}: {json.dumps(res.metrics['summary']['test'])} "
+                  f"({time.perf_counter() - t:.0f} s) -> {res.entry.name}", flush=True)  # fmt: skip
+            render(eng, out, data, args.split_seed)
+    render(eng, out, data, args.split_seed)
+    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -77,33 +77,31 @@ def group_mean(summary: dict, metric: str) -> float:
 
 def trivial_pooled(task: str, results: list[inv.TrainResult], data: inv.SiteTable, features: str,
                    split_seed: int) -> dict:
-    """Per-(element, edge) majority / mean from train, scored on the same test rows."""
+    """Per-(element, edge) majority class / mean MNND from the training materials, scored on the
+    same test rows as the models (classes merged exactly as each element's model merges them)."""
     d = data.with_features(features)
     split = inv.split_by_material(d.group, seed=split_seed)
     train, test = d.subset(split == "train"), d.subset(split == "test")
-    keep = {(r.element, r.edge) for r in results if r.element is not None}
-    if keep:
-        sel = np.array([(e, g) in keep for e, g in zip(test.element, test.edge)])
-        test = test.subset(sel)
-    t = inv.trivial_baseline(task, train, test)
-    keys = np.array([f"{e}:{g}" for e, g in zip(test.element, test.edge)])
-    groups = {}
     if task == "mnnd":
+        t = inv.trivial_baseline(task, train, test)
+        keys = np.array([f"{e}:{g}" for e, g in zip(test.element, test.edge)])
         overall = inv.regression_metrics(test.mnnd, t["mean"])
-        for g in sorted(set(keys.tolist())):
-            groups[g] = inv.regression_metrics(test.mnnd[keys == g], t["mean"][keys == g])
+        groups = {g: inv.regression_metrics(test.mnnd[keys == g], t["mean"][keys == g])
+                  for g in sorted(set(keys.tolist()))}
     else:
-        truth = inv._label(task, test)
-        if task == "neighbor":  # the same rare-class merge the models see, per (element, edge)
-            mapped = truth.copy()
-            for r in results:
-                sel = (test.element == r.element) & (test.edge == r.edge)
-                kept = set(r.config["classes"]) - {inv.OTHER}
-                mapped[sel] = [c if c in kept else inv.OTHER for c in truth[sel]]
-            truth = mapped
-        overall = inv.classification_metrics(truth, t["label"])
-        for g in sorted(set(keys.tolist())):
-            groups[g] = inv.classification_metrics(truth[keys == g], t["label"][keys == g])
+        truth, pred, keys = [], [], []
+        for r in results:
+            tr = train.subset((train.element == r.element) & (train.edge == r.edge))
+            te = test.subset((test.element == r.element) & (test.edge == r.edge))
+            kept = set(r.config["classes"]) - {inv.OTHER}
+            mapper = ((lambda v, kept=kept: np.array([c if c in kept else inv.OTHER for c in v]))
+                      if task == "neighbor" else (lambda v: np.asarray(v)))
+            truth.append(mapper(inv._label(task, te)))
+            pred.append(inv.trivial_baseline(task, tr, te, mapper)["label"])
+            keys += [f"{r.element}:{r.edge}"] * len(te)
+        truth, pred, keys = np.concatenate(truth), np.concatenate(pred), np.array(keys)
+        overall = inv.classification_metrics(truth, pred)
+        groups = {g: inv.classification_metrics(truth[keys == g], pred[keys == g]) for g in sorted(set(keys.tolist()))}
     wrap = lambda m: {k: (v if k == "n" else [v, 0.0]) for k, v in m.items()}  # noqa: E731
     return {"overall": wrap(overall), "groups": {g: wrap(m) for g, m in groups.items()}}
 
@@ -232,10 +230,12 @@ def run(args) -> str:
             main_label = "RF per element, " + main_variant if task == "cn" else "SGMLP per element"
             main = next((pm for lab, _, pm, _ in table[task] if lab == main_label), None)
             if main:
-                acc, f1 = main["overall"]["accuracy"][0], main["overall"]["macro_f1"][0]
+                acc, f1 = group_mean(main, "accuracy"), group_mean(main, "macro_f1")
+                pacc, pf1 = main["overall"]["accuracy"][0], main["overall"]["macro_f1"][0]
                 goal = (0.85, 0.75) if task == "cn" else (0.95, 0.85)
-                summary_rows.append((name, f"{task}: accuracy >= {goal[0]:.2f}, macro-F1 >= {goal[1]:.2f}",
-                                     f"acc {acc:.3f}, macro-F1 {f1:.3f}",
+                summary_rows.append((name, f"{task}: accuracy >= {goal[0]:.2f}, macro-F1 >= {goal[1]:.2f} "
+                                           "(per-element mean)",
+                                     f"acc {acc:.3f}, macro-F1 {f1:.3f} (pooled over elements: {pacc:.3f}, {pf1:.3f})",
                                      "met" if acc >= goal[0] and f1 >= goal[1] else "NOT met"))
         # ---- per element (main model vs RF vs trivial)
         for task, metric in (("mnnd", "mae"), ("cn", "accuracy"), ("neighbor", "macro_f1")):

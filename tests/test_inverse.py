@@ -242,11 +242,11 @@ def test_registered_rows_and_reload_reproduce_predictions(trained):
         cfg = e.config
         for i, (member, before) in enumerate(zip(members, r.test_predictions)):
             if task == "mnnd":
-                mean, var = inv._predict_mnnd(member, test, r.features, cfg["exafs_scale"])
+                mean, var = inv._predict_mnnd(member, test, r.features, cfg["input_norm"])
                 np.testing.assert_allclose(mean, before["mean"], rtol=1e-5, atol=1e-6)
                 np.testing.assert_allclose(var, before["var"], rtol=1e-4, atol=1e-8)
             else:
-                p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["exafs_scale"],
+                p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["input_norm"],
                                             inv.member_temperature(cfg, i))
                 np.testing.assert_allclose(p, before["proba"], rtol=1e-5, atol=1e-6)
 
@@ -412,3 +412,22 @@ def test_store_backends_load_train_register_predict(db_url, tmp_path):
     f = _write_two_column(tmp_path / "cu.dat", e, mu)
     p = inv.predict_structure(eng, f, element="Cu", device="cpu")["predictions"]
     assert p["cn"]["value"] in (4, 6) and "error" in p["mnnd"]
+
+
+def test_predict_structure_with_separate_feff_chi_file(trained, tmp_path):
+    url, eng, _, _ = trained
+    rng = np.random.default_rng(7)
+    e, mu = _xanes(4, 1.95, "O", rng)
+    xf = _write_two_column(tmp_path / "cu.dat", e, mu)
+    k, chi = _exafs(4, 1.95, "O", rng)
+    cf = tmp_path / "chi.dat"
+    cf.write_text("# synthetic\n#       k          chi          mag           phase\n"
+                  + "\n".join(f"{a:.4f} {b:.6e} {abs(b):.6e} 0.0" for a, b in zip(k, chi)) + "\n")
+    res = inv.predict_structure(eng, xf, element="Cu", exafs_path=cf, device="cpu")
+    assert res["xanes"] and res["exafs"]
+    assert res["predictions"]["cn"]["features"] == "both"
+    # EXAFS at 1.95 A (CN 4, O): the models trained on the synthetic set recover it
+    assert res["predictions"]["cn"]["value"] == 4
+    assert abs(res["predictions"]["mnnd"]["value"] - 1.95) < 0.15
+    with pytest.raises(InputError, match="chi.dat holds chi"):
+        inv.predict_structure(eng, cf, element="Cu", device="cpu")

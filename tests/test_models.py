@@ -455,7 +455,9 @@ def _cases(cu, nacl, masks, chgnet_graphs):
 
 
 def test_round_trip_covers_registry(cu, nacl, masks, chgnet_graphs):
-    assert set(_cases(cu, nacl, masks, chgnet_graphs)) == set(M.REGISTRY)
+    # other modules (train, inverse) register their own ModelIO classes and test them themselves
+    own = {n for n, c in M.REGISTRY.items() if c.__module__ == M.__name__}
+    assert set(_cases(cu, nacl, masks, chgnet_graphs)) == own
 
 
 @pytest.mark.parametrize(

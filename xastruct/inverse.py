@@ -537,10 +537,15 @@ def _label(task: str, data: SiteTable) -> np.ndarray:
     return data.cn.astype(str) if task == "cn" else data.neighbor.astype(str)
 
 
-def trivial_baseline(task: str, train: SiteTable, test: SiteTable) -> dict[str, np.ndarray]:
-    """Per-(element, edge) majority class (cn, neighbor) or mean MNND from *train*, applied to *test*."""
+def trivial_baseline(task: str, train: SiteTable, test: SiteTable, mapper: Callable | None = None) -> dict[str, np.ndarray]:
+    """Per-(element, edge) majority class (cn, neighbor) or mean MNND from *train*, applied to *test*.
+
+    *mapper* maps raw labels onto the model's classes first (rare neighbours -> 'other'), so the
+    majority is taken over the same classes the model chooses from."""
     by: dict[tuple, list] = defaultdict(list)
     values = train.mnnd if task == "mnnd" else _label(task, train)
+    if mapper is not None and task != "mnnd":
+        values = np.asarray(mapper(values))
     for el, ed, v in zip(train.element, train.edge, values):
         by[(el, ed)].append(v)
     if task == "mnnd":
@@ -624,13 +629,35 @@ def _rf_design(data: SiteTable, features: str) -> np.ndarray:
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(data), 0))
 
 
-def _nn_inputs(data: SiteTable, features: str, exafs_scale: float) -> dict:
-    """Tensors for the networks; a kind outside the variant is passed as all-missing."""
+def input_norm(train: SiteTable) -> dict:
+    """Per-grid-point mean and std of each kind over the training rows (stored in the model config).
+
+    Networks see standardised spectra: raw normalized XANES share a large common shape, and its
+    small site-to-site differences trained several times slower (Cu K: train accuracy 0.73 vs 0.93
+    after 15 epochs). The std is floored at 10 % of its median over the grid so nearly constant
+    points (e.g. the clamped pre-edge) cannot blow measured noise up.
+    """
+    out = {}
+    for kind, arr, has in (("xanes", train.xanes, train.has_xanes), ("exafs", train.exafs, train.has_exafs)):
+        rows = arr[has]
+        if len(rows) < 2:
+            mean, std = np.zeros(arr.shape[1]), np.ones(arr.shape[1])
+        else:
+            mean, std = rows.mean(axis=0), rows.std(axis=0)
+            std = np.maximum(std, 0.1 * float(np.median(std)) or 1e-6)
+        out[f"{kind}_mean"], out[f"{kind}_std"] = mean.tolist(), std.tolist()
+    return out
+
+
+def _nn_inputs(data: SiteTable, features: str, norm: dict) -> dict:
+    """Standardised tensors for the networks; a kind outside the variant is passed as all-missing."""
     import torch
 
     n = len(data)
-    x = torch.as_tensor(data.xanes, dtype=torch.float32)
-    e = torch.as_tensor(data.exafs / exafs_scale, dtype=torch.float32)
+    x = torch.as_tensor((data.xanes - np.asarray(norm["xanes_mean"])) / np.asarray(norm["xanes_std"]),
+                        dtype=torch.float32)
+    e = torch.as_tensor((data.exafs - np.asarray(norm["exafs_mean"])) / np.asarray(norm["exafs_std"]),
+                        dtype=torch.float32)
     hx = torch.as_tensor(data.has_xanes & (features != "exafs"))
     he = torch.as_tensor(data.has_exafs & (features != "xanes"))
     return {"x": x, "e": e, "hx": hx, "he": he, "n": n}
@@ -651,7 +678,7 @@ def _fit_network(model, loss_on: Callable, n_train: int, n_val: int, *, epochs: 
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, bad, hist = float("inf"), None, 0, []
+    best, best_loss, best_state, bad, hist = float("inf"), float("inf"), None, 0, []
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n_train, generator=gen)
@@ -666,15 +693,20 @@ def _fit_network(model, loss_on: Callable, n_train: int, n_val: int, *, epochs: 
         model.eval()
         with torch.no_grad():
             split = "val" if n_val else "train"
-            vl = float(val_score(split)) if val_score else float(loss_on(split, None))
+            loss = float(loss_on(split, None))
+            vl = float(val_score(split)) if val_score else loss
         hist.append(vl)
+        improved = False
         if vl < best - 1e-5:
-            best, bad = vl, 0
+            best, improved = vl, True
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        if loss < best_loss - 1e-5:
+            # a falling loss means the model is still learning even while the score (macro-F1)
+            # sits on the majority-class plateau, so it also keeps training alive
+            best_loss, improved = loss, True
+        bad = 0 if improved else bad + 1
+        if bad >= patience:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -703,10 +735,10 @@ def _class_weights(y_idx: np.ndarray, n_classes: int):
     return torch.as_tensor(w, dtype=torch.float32)
 
 
-def _classifier_logits(member, data: SiteTable, features: str, exafs_scale: float) -> np.ndarray:
+def _classifier_logits(member, data: SiteTable, features: str, norm: dict) -> np.ndarray:
     import torch
 
-    inp = _nn_inputs(data, features, exafs_scale)
+    inp = _nn_inputs(data, features, norm)
     with torch.no_grad():
         logits = member(xanes=inp["x"], exafs=inp["e"], has_xanes=inp["hx"], has_exafs=inp["he"])
     return logits.cpu().numpy().astype(float)
@@ -728,7 +760,7 @@ def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
-def _predict_classifier(member, data: SiteTable, features: str, classes: list[str], exafs_scale: float,
+def _predict_classifier(member, data: SiteTable, features: str, classes: list[str], norm: dict,
                         temperature: float | None = None) -> np.ndarray:
     """Class probabilities (n, n_classes) in *classes* order; networks' logits are divided by the
     temperature fitted on the validation materials."""
@@ -740,7 +772,7 @@ def _predict_classifier(member, data: SiteTable, features: str, classes: list[st
         for j, c in enumerate(est.classes_):
             out[:, col[str(c)]] = p[:, j]
         return out
-    return _softmax(_classifier_logits(member, data, features, exafs_scale) / (temperature or 1.0))
+    return _softmax(_classifier_logits(member, data, features, norm) / (temperature or 1.0))
 
 
 def member_temperature(config: dict, i: int) -> float | None:
@@ -754,13 +786,13 @@ def _element_z(elements: Sequence[str]) -> np.ndarray:
     return np.array([Element(str(e)).Z for e in elements], dtype=np.int64)
 
 
-def _mnnd_kwargs(data: SiteTable, features: str, exafs_scale: float) -> dict:
+def _mnnd_kwargs(data: SiteTable, features: str, norm: dict) -> dict:
     """Keyword inputs of MNNDRegressor: energies relative to the edge scaled to O(1)."""
     import torch
 
     from .models import edge_code
 
-    inp = _nn_inputs(data, features, exafs_scale)
+    inp = _nn_inputs(data, features, norm)
     n = inp["n"]
     xe = torch.as_tensor(XANES_GRID / XANES_GRID[-1], dtype=torch.float32).expand(n, -1)
     ke = torch.as_tensor(EXAFS_GRID / EXAFS_GRID[-1], dtype=torch.float32).expand(n, -1)
@@ -769,7 +801,7 @@ def _mnnd_kwargs(data: SiteTable, features: str, exafs_scale: float) -> dict:
                 edge=edge_code(list(data.edge)) if n else torch.zeros(0, dtype=torch.long))
 
 
-def _predict_mnnd(member, data: SiteTable, features: str, exafs_scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _predict_mnnd(member, data: SiteTable, features: str, norm: dict) -> tuple[np.ndarray, np.ndarray]:
     """(mean, variance) in A / A^2; RF variance is the spread over its trees."""
     if isinstance(member, SklearnMember):
         X = _rf_design(data, features)
@@ -777,7 +809,7 @@ def _predict_mnnd(member, data: SiteTable, features: str, exafs_scale: float) ->
         return trees.mean(axis=0), trees.var(axis=0)
     import torch
 
-    kw = _mnnd_kwargs(data, features, exafs_scale)
+    kw = _mnnd_kwargs(data, features, norm)
     with torch.no_grad():
         pred = member(**kw)
     mean = pred.mean.cpu().numpy()
@@ -790,7 +822,7 @@ def _slice_inputs(kw: dict, idx) -> dict:
 
 
 def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, features: str, classes: list[str],
-                  mapper: Callable, seed: int, hp: dict, device, exafs_scale: float, use_element: bool,
+                  mapper: Callable, seed: int, hp: dict, device, norm: dict, use_element: bool,
                   variance: bool):
     """One seed's model (an SklearnMember or a ModelIO network on *device*) and its fit info."""
     import torch
@@ -819,7 +851,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
                               d_embed=hp["d_embed"], d_hidden=hp["d_hidden"], n_layers=hp["n_layers"],
                               dropout=hp["dropout"], use_element=use_element, variance=variance,
                               target_mean=mu, target_std=sd).to(dev)
-        kw = {s: _mnnd_kwargs(d, features, exafs_scale) for s, d in (("train", train), ("val", val))}
+        kw = {s: _mnnd_kwargs(d, features, norm) for s, d in (("train", train), ("val", val))}
         kw = {s: {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in d.items()} for s, d in kw.items()}
         ys = {s: torch.as_tensor(d.mnnd, dtype=torch.float32, device=dev) for s, d in (("train", train), ("val", val))}
 
@@ -832,7 +864,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
                                    arch=arch, d_embed=hp["d_embed"], d_hidden=hp["d_hidden"],
                                    n_layers=hp["n_layers"], dropout=hp["dropout"]).to(dev)
         col = {c: i for i, c in enumerate(classes)}
-        inp = {s: _nn_inputs(d, features, exafs_scale) for s, d in (("train", train), ("val", val))}
+        inp = {s: _nn_inputs(d, features, norm) for s, d in (("train", train), ("val", val))}
         ys = {s: torch.as_tensor([col.get(c, -100) for c in mapper(_label(task, d))], dtype=torch.long)
               for s, d in (("train", train), ("val", val))}
         weights = _class_weights(ys["train"].numpy(), len(classes)).to(dev) if hp["class_weight"] else None
@@ -936,9 +968,7 @@ def train_task(
         raise InputError(what, f"only {len(train)} training examples (of {len(data)})",
                          "simulate more structures for this element, or lower the element filter")
     dev = pick_device(device)
-    finite_e = train.exafs[train.has_exafs]
-    exafs_scale = float(np.std(finite_e)) if finite_e.size else 1.0
-    exafs_scale = exafs_scale if exafs_scale > 0 else 1.0
+    norm = input_norm(train)
     classes, mapper = ([], lambda v: v) if task == "mnnd" else _classes_for(task, _label(task, train), min_class_count)
     if task != "mnnd" and len(classes) < 2 and arch != "rf":
         # a one-class network cannot be trained by cross-entropy; the RF handles it trivially
@@ -947,7 +977,7 @@ def train_task(
         arch_note = None
 
     members, fits, test_metrics, val_metrics, preds_out, temperatures = [], [], [], [], [], []
-    trivial = trivial_baseline(task, train, test)
+    trivial = trivial_baseline(task, train, test, None if task == "mnnd" else mapper)
     for s in range(seeds):
         seed = split_seed * 1000 + s
         t0 = time.perf_counter()
@@ -959,20 +989,20 @@ def train_task(
             info = {"note": "one class in training data: constant prediction"}
         else:
             member, info = _train_member(task, arch, train, val, features=features, classes=classes, mapper=mapper,
-                                         seed=seed, hp=hp, device=dev, exafs_scale=exafs_scale,
+                                         seed=seed, hp=hp, device=dev, norm=norm,
                                          use_element=use_element, variance=variance)
         temp = None
         if task != "mnnd" and not isinstance(member, SklearnMember):
             col = {c: i for i, c in enumerate(classes)}
             y_val = np.array([col.get(c, -1) for c in mapper(_label(task, val))], int)
-            temp = fit_temperature(_classifier_logits(member, val, features, exafs_scale), y_val) if len(val) else 1.0
+            temp = fit_temperature(_classifier_logits(member, val, features, norm), y_val) if len(val) else 1.0
             info["temperature"] = temp
         temperatures.append(temp)
         info["seconds"] = round(time.perf_counter() - t0, 2)
         fits.append(info)
         members.append(member)
         for split_name, part, store_list in (("val", val, val_metrics), ("test", test, test_metrics)):
-            p = _member_predictions(task, member, part, features, classes, mapper, exafs_scale, temp)
+            p = _member_predictions(task, member, part, features, classes, mapper, norm, temp)
             store_list.append(_per_group(task, part, p, classes))
             if split_name == "test":
                 preds_out.append(p)
@@ -993,7 +1023,7 @@ def train_task(
         "fits": fits,
     }
     config = {
-        "target": data.target, "features": features, "classes": classes, "exafs_scale": exafs_scale,
+        "target": data.target, "features": features, "classes": classes, "input_norm": norm,
         "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
         "use_element": bool(use_element) if task == "mnnd" and arch != "rf" else None,
         "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
@@ -1012,12 +1042,12 @@ def train_task(
     )
 
 
-def _member_predictions(task, member, part: SiteTable, features, classes, mapper, exafs_scale,
+def _member_predictions(task, member, part: SiteTable, features, classes, mapper, norm,
                         temperature=None) -> dict:
     if task == "mnnd":
-        mean, var = _predict_mnnd(member, part, features, exafs_scale)
+        mean, var = _predict_mnnd(member, part, features, norm)
         return {"mean": mean, "var": var, "y": part.mnnd, "element": part.element, "edge": part.edge}
-    proba = _predict_classifier(member, part, features, classes, exafs_scale, temperature)
+    proba = _predict_classifier(member, part, features, classes, norm, temperature)
     label = np.array(classes, dtype=object)[proba.argmax(axis=1)].astype(str) if len(part) else np.array([], str)
     true = mapper(_label(task, part))
     # confidence/correctness let callers pool calibration over models with different class lists
@@ -1162,7 +1192,6 @@ def spectrum_features(path, *, element: str, edge: str | None = None, exafs_path
     rec, kchi = _read_any(path, element=element, edge=edge)
     notes: list[str] = []
     xanes = exafs = None
-    measured = True
     if rec is None:
         raise InputError(str(path), "a FEFF chi.dat holds chi(k) only; the main file must be mu(E)",
                          "pass the xmu.dat (or XDI) as SPECTRUM_FILE and the chi.dat with --exafs")
@@ -1260,10 +1289,10 @@ def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None 
                              "retrain the model")
         cfg = entry.config or {}
         variant = VARIANT_OF[entry.kind]
-        scale = float(cfg.get("exafs_scale") or 1.0)
+        norm = cfg.get("input_norm")
         res: dict[str, Any] = {"model": entry.name, "target": cfg.get("target"), "features": variant}
         if task == "mnnd":
-            ms, vs = zip(*(_predict_mnnd(m, table, variant, scale) for m in members))
+            ms, vs = zip(*(_predict_mnnd(m, table, variant, norm) for m in members))
             ms, vs = np.array(ms)[:, 0], np.array(vs)[:, 0]
             # total variance = mean aleatoric variance + spread of the seed members
             res.update(value=float(ms.mean()), sigma=float(math.sqrt(vs.mean() + ms.var())))
@@ -1271,7 +1300,7 @@ def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None 
                 res["warning"] = f"{inp.element} was not in this model's training data"
         else:
             classes = list(cfg.get("classes") or [])
-            proba = np.mean([_predict_classifier(m, table, variant, classes, scale, member_temperature(cfg, i))
+            proba = np.mean([_predict_classifier(m, table, variant, classes, norm, member_temperature(cfg, i))
                              for i, m in enumerate(members)], axis=0)[0]
             order = np.argsort(-proba)
             res.update(label=classes[order[0]], probability=float(proba[order[0]]),

@@ -429,7 +429,8 @@ def site_neighbors(data: ForwardData, *, cache_dir: str | Path | None = None) ->
     out = []
     for sid, site in zip(data.structure_ids.tolist(), data.site_indices.tolist()):
         if sid not in per_structure:
-            path = Path(cache_dir) / "neighbors" / f"{data.hashes[sid]}.json" if cache_dir else None
+            # the finder is part of the path: a different neighbour method must not reuse these lists
+            path = Path(cache_dir) / "neighbors" / "crystalnn" / f"{data.hashes[sid]}.json" if cache_dir else None
             per_structure[sid] = {"path": path, "sites": (_read_json(path) if path else None) or {}, "dirty": False}
         entry = per_structure[sid]
         key = str(site)

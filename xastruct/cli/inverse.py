@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .. import inverse as inv
 from .. import store
-from ..readers import check_element
+from ..readers import check_edge, check_element
 from .common import console, db_option, out, print_summary, progress_bar
 
 
@@ -84,7 +84,7 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
         raise click.UsageError("give --element or --all, not both")
     els = None if all_elements or not elements else [check_element("--element", e)
                                                      for e in elements.split(",") if e.strip()]
-    eds = None if not edges else [e.strip().upper() for e in edges.split(",") if e.strip()]
+    eds = None if not edges else [check_edge("--edge", e) for e in edges.split(",") if e.strip()]
     eng = store.get_engine(db)
     hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
     skipped: list[str] = []
@@ -93,6 +93,7 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
         console.print(msg, highlight=False)
         if msg.startswith("skip "):
             skipped.append(msg[5:])
+
     console.print(f"loading labelled spectra ({target} targets) ...")
     data = inv.load_sites(eng, elements=els, edges=eds, sources=list(sources) or None, target=target)
     console.print(f"{len(data)} examples: {int(data.has_xanes.sum())} with XANES, {int(data.has_exafs.sum())} with "
