@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 XAS    := $(VENV)/bin/xastruct
 DB     ?= duckdb:///./xastruct.duckdb
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not slow" -n 2
 
 .PHONY: install demo test test-all dataset clean
 
