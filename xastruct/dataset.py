@@ -32,9 +32,9 @@ _HEAVY_L3 = ["Zr", "Mo", "Ru", "Pd", "Ag", "Sn", "Sb", "I", "Ba", "La", "Ce", "G
 RECIPE: list[dict] = [
     {"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
     {"kind": "EXAFS", "edge": "L3", "elements": "all", "min_z": 40},
-    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 12},
-    {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 6},
-    {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 4},
+    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 8},
+    {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 4},
+    {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 3},
 ]
 
 

@@ -26,7 +26,7 @@ def _created() -> sa.Column:
     return sa.Column("created_at", sa.DateTime, server_default=sa.func.current_timestamp())
 
 
-SEQUENCES = ["structures", "sites", "spectra", "models", "predictions", "runs", "jobs"]
+SEQUENCES = ["structures", "sites", "spectra", "models", "predictions", "runs", "jobs", "matches"]
 
 structures = sa.Table(
     "structures",
@@ -128,6 +128,15 @@ predictions = sa.Table(
     sa.Column("mu", DoubleArray),
     sa.Column("run_id", sa.BigInteger),
     _created(),
+    # added in migration 0003 (screening)
+    sa.Column("element", sa.String),  # absorbing element of the target
+    sa.Column("edge", sa.String),
+    sa.Column("kind", sa.String),  # forward: spectrum kind; inverse: XANES, EXAFS or XANES+EXAFS input
+    sa.Column("target", sa.String),  # site (forward/closed loop input), spectrum, prediction (closed loop)
+    sa.Column("input_prediction_id", sa.BigInteger),  # closed loop: the forward prediction used as input
+    sa.Column("reference_spectrum_id", sa.BigInteger),  # forward: stored spectrum of the same site
+    sa.Column("reference_mae", sa.Double),
+    sa.Column("reference_cosine", sa.Double),
 )
 
 runs = sa.Table(
@@ -163,4 +172,28 @@ jobs = sa.Table(
     sa.Column("spectrum_id", sa.BigInteger),
     sa.Column("run_id", sa.BigInteger),
     sa.Column("updated_at", sa.DateTime, server_default=sa.func.current_timestamp()),
+)
+
+matches = sa.Table(
+    "matches",
+    metadata,
+    _id("matches"),
+    # hash(query spectrum, element, edge, metric, against, shift range, candidate): reruns add nothing
+    sa.Column("key", sa.String, nullable=False, unique=True),
+    sa.Column("query", sa.String, nullable=False),  # file path, or spectrum:<id> for stored spectra
+    sa.Column("query_hash", sa.String, nullable=False),
+    sa.Column("element", sa.String, nullable=False),
+    sa.Column("edge", sa.String, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),  # cosine, pearson, spearman
+    sa.Column("against", sa.String, nullable=False),  # reference, predicted, all
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("candidate", sa.String, nullable=False),  # reference (stored spectrum) or predicted
+    sa.Column("spectrum_id", sa.BigInteger),  # reference candidates
+    sa.Column("prediction_id", sa.BigInteger),  # predicted candidates
+    sa.Column("structure_id", sa.BigInteger),
+    sa.Column("site_id", sa.BigInteger),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("shift", sa.Double),  # eV added to the query energies for the best overlap
+    sa.Column("run_id", sa.BigInteger),
+    _created(),
 )
