@@ -6,7 +6,7 @@ XAS    := $(VENV)/bin/xastruct
 DB     ?= duckdb:///./xastruct.duckdb
 PYTEST_ARGS ?= -m "not slow" -n 2
 
-.PHONY: install demo test test-all dataset clean
+.PHONY: install demo test test-all dataset pretrained clean
 
 install: $(VENV)/.installed
 
@@ -18,14 +18,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job on the embedded default: store <- built-in structures + FEFF spectra + shipped
+# models; screen them (forward, inverse, closed loop); write the HTML report.
+DEMO_ELEMENTS ?= Mn,Fe,Co,Ni,Cu,Zn
 demo: install
 	$(XAS) ingest builtin --db $(DB)
+	$(XAS) screen --elements $(DEMO_ELEMENTS) --closed-loop --db $(DB)
+	$(XAS) report --elements $(DEMO_ELEMENTS) --out out/report --db $(DB)
 	$(XAS) stats --db $(DB)
+	@echo "report: out/report/index.html"
 
 test: install
 	@url=$$(.ci/pg.sh start 2>/dev/null) || url=""; \
 	if [ -n "$$url" ]; then echo "PostgreSQL for store tests: $$url"; else echo "PostgreSQL unavailable: its tests skip"; fi; \
-	XASTRUCT_TEST_PG_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS) -q -p no:cacheprovider; rc=$$?; \
+	.ci/chromium.sh; XASTRUCT_TEST_PG_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS) -q -p no:cacheprovider; rc=$$?; \
 	.ci/pg.sh stop; exit $$rc
 
 # Regenerate the embedded default dataset from scratch (resumable: rerun to continue).
@@ -34,6 +40,19 @@ dataset: install
 	$(XAS) ingest builtin --dataset none --db $(DATASET_DB)
 	$(XAS) dataset build --db $(DATASET_DB)
 	$(XAS) dataset export --db $(DATASET_DB)
+
+# Retrain the small models shipped in xastruct/data/pretrained from the embedded default dataset.
+PRETRAIN_DB ?= duckdb:///./scratch/pretrain.duckdb
+PRETRAINED := xastruct/data/pretrained
+pretrained: install
+	rm -rf $(PRETRAINED) scratch/pretrain.duckdb
+	$(XAS) ingest builtin --no-models --db $(PRETRAIN_DB)
+	for el in $$(echo $(DEMO_ELEMENTS) | tr , ' '); do \
+	  $(XAS) train forward --element $$el --kind EXAFS --seeds 2 --hidden 64 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB) || exit 1; \
+	done
+	$(XAS) train inverse --task cn --element $(DEMO_ELEMENTS) --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
+	$(XAS) train inverse --task neighbor --element $(DEMO_ELEMENTS) --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
+	$(XAS) train inverse --task mnnd --all --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
 
 test-all:
 	$(MAKE) test PYTEST_ARGS=""

@@ -494,8 +494,9 @@ def ingest_mp(engine, *, elements, edge="K", kind="XANES", api_key=None, limit=N
 
 
 # ------------------------------------------------------------------------------ built-in library
-def ingest_builtin(engine, *, dataset="default", workers: int = 1, progress_factory=None) -> dict:
-    """The built-in structure library (+ the embedded default dataset of FEFF spectra, if present)."""
+def ingest_builtin(engine, *, dataset="default", workers: int = 1, progress_factory=None, models: bool = True) -> dict:
+    """The built-in structure library (+ the embedded default dataset of FEFF spectra, if present,
+    + the shipped pretrained models when `models`)."""
     from pymatgen.core import Structure
 
     from .dataset import DEFAULT_DIR, load_dataset
@@ -522,6 +523,10 @@ def ingest_builtin(engine, *, dataset="default", workers: int = 1, progress_fact
                          labelled=existing_labelled(engine))
     for k, v in res["added"].items():
         added[k] += v
+    if models:
+        from .registry import import_artifacts
+
+        added["models"] = import_artifacts(engine)["added"]  # the shipped pretrained models
     return {"added": added, "failed": res["failed"], "items": len(entries)}
 
 

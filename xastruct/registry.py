@@ -29,7 +29,9 @@ from .store import _duckdb_path
 
 __all__ = [
     "ModelEntry",
+    "PRETRAINED_DIR",
     "default_models_dir",
+    "import_artifacts",
     "fingerprint",
     "latest",
     "list_models",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 META_FILE = "meta.json"
+#: Small models shipped with the package (made by `make pretrained`; loaded by `xastruct ingest builtin`).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "data" / "pretrained"
 
 
 def default_models_dir(url: str | None) -> Path:
@@ -246,3 +250,33 @@ def list_models(engine: sa.Engine, *, task: str | None = None, element: str | No
         q = q.where(models_t.c.element == element)
     with engine.connect() as conn:
         return [ModelEntry.from_row(r) for r in conn.execute(q)]
+
+
+def import_artifacts(engine: sa.Engine, root: str | Path = PRETRAINED_DIR) -> dict:
+    """Register every artifact directory under *root* (found by its meta.json) in place.
+
+    The row is the one meta.json repeats, with ``artifact`` pointing at where the directory is now;
+    a name already in the registry is left alone, so a rerun adds nothing. Returns counts.
+    """
+    from . import store
+
+    root = Path(root)
+    metas = sorted(root.rglob(META_FILE)) if root.is_dir() else []
+    rows = []
+    for path in metas:
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(str(path), f"unreadable model metadata: {exc}", "re-export the model directory") from None
+        missing = {"name", "task", "arch", "version"} - set(meta)
+        if missing:
+            raise InputError(str(path), f"model metadata lacks {sorted(missing)}", "re-export the model directory")
+        if not sorted(path.parent.glob("seed*")):
+            raise InputError(str(path.parent), "no seed*/ member directories next to meta.json",
+                             "copy the whole artifact directory")
+        row = {c.name: meta.get(c.name) for c in models_t.columns if c.name not in ("id", "created_at")}
+        row["artifact"] = str(path.parent.resolve())
+        rows.append(row)
+    with engine.begin() as conn:
+        added = store.bulk_insert(conn, "models", rows) if rows else 0
+    return {"found": len(rows), "added": added}

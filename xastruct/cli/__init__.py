@@ -28,10 +28,15 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    from . import dataset, db, ingest, query, simulate, train
+#: Command modules in help order; each exposes COMMANDS (a list of click commands/groups).
+COMMAND_MODULES = ["db", "ingest", "query", "simulate", "dataset", "train", "screen", "match", "report"]
 
-    for mod in (db, ingest, query, simulate, dataset, train):
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        mod = importlib.import_module(f"{__name__}.{name}")
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
 

@@ -75,11 +75,15 @@ def mp(elements: str, edge: str, kind: str, api_key: str | None, limit: int | No
 @click.option("--dataset", default="default", show_default=True,
               help="Spectra to load with the library: 'default' (shipped), a folder from `xastruct export dataset`, or 'none'.")
 @click.option("--workers", type=int, default=None)
+@click.option("--models/--no-models", default=True, show_default=True,
+              help="Also register the small pretrained models shipped with the package.")
 @db_option
-def builtin(dataset: str, workers: int | None, db: str | None) -> None:
-    """The built-in structure library (made from pymatgen's prototypes) and the embedded FEFF dataset."""
+def builtin(dataset: str, workers: int | None, models: bool, db: str | None) -> None:
+    """The built-in structure library (made from pymatgen's prototypes), the embedded FEFF dataset and
+    the shipped pretrained models."""
     eng = store.get_engine(db)
-    res = ing.ingest_builtin(eng, dataset=dataset, workers=_workers(workers), progress_factory=progress_bar)
+    res = ing.ingest_builtin(eng, dataset=dataset, workers=_workers(workers), progress_factory=progress_bar,
+                             models=models)
     print_summary("ingest builtin", res["added"], res["failed"], {"library structures": res["items"]})
 
 

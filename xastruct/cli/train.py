@@ -82,6 +82,8 @@ def train_group() -> None:
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout in the head's hidden layers.")
+@click.option("--hidden", type=int, default=256, show_default=True,
+              help="Width of the head's hidden layers (64 keeps shipped models small).")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
 @click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -96,7 +98,7 @@ def train_group() -> None:
               help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
 @db_option
 def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay, batch_size,
-            dropout, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir,
+            dropout, hidden, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir,
             db):  # fmt: skip
     """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
     from .. import train as tr
@@ -106,7 +108,7 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
     eng = store.get_engine(db)
     config = tr.TrainConfig(
         arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, max_minutes=max_minutes, keep_last=keep_last,
+        weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, d_hidden=hidden, max_minutes=max_minutes, keep_last=keep_last,
         device=device, num_threads=threads,
     )  # fmt: skip
     if all_:

@@ -1,0 +1,339 @@
+"""Spectrum matching: normalization parity, the shift search, bad input, idempotent writes, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from xastruct import ingest, store
+from xastruct import match as m
+from xastruct.cli import main
+from xastruct.errors import InputError
+
+from .conftest import CU_FEFF9, XASLIB, needs_shared
+
+K2E = 3.80998  # FEFF's hbar^2/2m in eV A^2 (xastruct.feff.K2E)
+N_MATERIALS = 8
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def run(args, ok=True):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def count(url, table):
+    with store.get_engine(url).connect() as c:
+        return c.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+
+
+def stored_spectra(url) -> list[dict]:
+    with store.get_engine(url).connect() as c:
+        rows = c.execute(sa.text(
+            "SELECT sp.id, sp.structure_id, sp.site_id, sp.energies, sp.mu, sp.mu_raw, sp.e0, "
+            "sp.provenance FROM spectra sp WHERE sp.absorber = 'Cu' AND sp.kind = 'XANES' ORDER BY sp.id"
+        )).mappings().all()  # fmt: skip
+    out = []
+    for r in rows:
+        d = dict(r)
+        if isinstance(d["provenance"], str):
+            d["provenance"] = json.loads(d["provenance"])
+        out.append(d)
+    return out
+
+
+def write_xmu(path: Path, energies, mu, e0: float, *, shift: float = 0.0) -> Path:
+    """A stored FEFF spectrum written back out as a FEFF xmu.dat (k signed about E0, as FEFF writes it)."""
+    e = np.asarray(energies, float)
+    k = np.sign(e - e0) * np.sqrt(np.abs(e - e0) / K2E)
+    head = ["# Cu K test spectrum                                  FEFF 9.9.1",
+            "# Abs   Z=29 Rmt= 1.192 Rnm= 1.348 K  shell",
+            "#  omega    e    k    mu    mu0     chi     @#"]  # fmt: skip
+    rows = [f"{om:12.4f} {er:10.4f} {kk:8.4f} {mi:.8e} {mi:.8e} {0.0:.6e}"
+            for om, er, kk, mi in zip(e + shift, e - e0, k, np.asarray(mu, float))]  # fmt: skip
+    path.write_text("\n".join(head + rows) + "\n")
+    return path
+
+
+def add_predictions(url, *, perturb_structure: int | None = None) -> int:
+    """A forward `models` row plus one prediction per stored Cu XANES site spectrum, on the model grid,
+    following the screen contract (energies = grid E - E0, mu = predicted normalized mu)."""
+    eng = store.get_engine(url)
+    x = m.grid_points()
+    with eng.begin() as conn:
+        model_id = conn.execute(sa.text(
+            "INSERT INTO models (name, task, element, edge, kind, arch, version, grid) VALUES "
+            "('forward/Cu/K/XANES/xastruct/v1', 'forward', 'Cu', 'K', 'XANES', 'xastruct', 1, :g) RETURNING id"
+        ), {"g": json.dumps(m.GRID)}).scalar_one()  # fmt: skip
+    rows = []
+    for r in stored_spectra(url):
+        y = np.interp(x, np.asarray(r["energies"]) - r["e0"], np.asarray(r["mu"]))
+        if r["structure_id"] == perturb_structure:
+            y = y + 0.05 * np.sin(x / 3.0)
+        rows.append(dict(key=f"{model_id}:site:{r['site_id']}", model_id=model_id, structure_id=r["structure_id"],
+                         site_id=r["site_id"], task="forward", element="Cu", edge="K", kind="XANES", target="site",
+                         energies=x.tolist(), mu=y.tolist()))  # fmt: skip
+    with eng.begin() as conn:
+        store.bulk_insert(conn, "predictions", rows)
+    return model_id
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A few materials of the shared FEFF 9 tree, copied to a scratch dir (never into the repo)."""
+    if not CU_FEFF9.exists():
+        pytest.skip(f"shared data not found at {CU_FEFF9}")
+    root = tmp_path_factory.mktemp("match_tree")
+    for d in sorted((CU_FEFF9 / "materials").iterdir())[:N_MATERIALS]:
+        shutil.copytree(d, root / "materials" / d.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def duck_store(tree, tmp_path_factory) -> str:
+    """One DuckDB store with the tree and predictions for every site, shared by the read-only tests."""
+    url = f"duckdb:///{tmp_path_factory.mktemp('match_db') / 'store.duckdb'}"
+    ingest.ingest_feff(store.get_engine(url), tree)
+    add_predictions(url)
+    yield url
+    store.dispose_engines()
+
+
+# --------------------------------------------------------------------------------- unit level
+
+
+def test_grid_is_the_forward_models_grid():
+    from xastruct.train import grid_points, grid_spec
+
+    assert m.GRID == grid_spec("Cu", "K", "XANES")
+    assert np.allclose(m.grid_points(), grid_points(grid_spec("Fe", "K", "XANES")))
+
+
+def test_rank_rows_matches_scipy():
+    from scipy.stats import rankdata
+
+    a = np.random.default_rng(0).random((300, 50)).astype(np.float32)
+    a[:100, :4] = 0.25  # ties, as the flat extrapolated ends of a resampled spectrum give
+    a[50:60, 30:33] = 0.5
+    assert np.allclose(m._rank_rows(a), rankdata(a, axis=1))
+
+
+@pytest.mark.parametrize("metric", m.METRICS)
+def test_scores_equal_the_textbook_metric_at_the_best_shift(metric):
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(1)
+    x = m.grid_points()
+    base = 1 / (1 + np.exp(-(x - 2) / 1.5)) + 0.2 * np.sin(x / 4)
+    y = (base[None, :] + 0.05 * rng.standard_normal((6, x.size))).astype(np.float32)
+    cands = m.Candidates(element="Cu", edge="K", grid=m.GRID, x=x, y=y, candidate=np.array(["reference"] * 6, object),
+                         **{f: np.arange(6) for f in ("spectrum_id", "prediction_id", "structure_id", "site_id",
+                                                      "site_index")},
+                         **{f: np.array(["f"] * 6, object) for f in ("formula", "source_id", "origin")})  # fmt: skip
+    qx = np.arange(-30.0, 120.0, 0.3)
+    q = m.Query(name="q", sha256="0", element="Cu", edge="K", x=qx,
+                mu=np.interp(qx, x, base) + 0.01 * np.cos(qx), e0=8979.0, e0_definition="given")  # fmt: skip
+    best, shift, _ = m.score(cands, q, metric=metric, shift_range=0.0)
+    qv = np.interp(x, q.x, q.mu)
+    for i in range(6):
+        if metric == "cosine":
+            ref = float(y[i] @ qv / np.linalg.norm(y[i]) / np.linalg.norm(qv))
+        elif metric == "pearson":
+            ref = pearsonr(y[i], qv)[0]
+        else:
+            ref = spearmanr(y[i], qv)[0]
+        assert best[i] == pytest.approx(ref, abs=2e-5)
+    assert np.all(shift == 0)
+
+
+# --------------------------------------------------------------------------- against the store
+
+
+def test_stored_feff_spectrum_written_out_matches_itself(duck_store, tmp_path):
+    rows = stored_spectra(duck_store)
+    target = rows[len(rows) // 2]
+    f = write_xmu(tmp_path / "xmu.dat", target["energies"], target["mu_raw"], target["e0"])
+    q = m.read_query(f, element="Cu")
+    assert q.e0 == pytest.approx(target["e0"], abs=0.05)  # the same E0 definition as the stored row
+    for metric in m.METRICS:
+        res = m.match(store.get_engine(duck_store), q, against="reference", metric=metric, top=3, write=False)
+        best = res.rows[0]
+        assert best["spectrum_id"] == target["id"], (metric, res.rows)
+        assert best["score"] == pytest.approx(1.0, abs=2e-3)
+        assert abs(best["shift"]) <= 0.25
+        assert res.rows[1]["score"] < best["score"]
+
+
+def test_shift_search_recovers_a_rigid_shift(duck_store, tmp_path):
+    """Sign convention: shift = eV added to the query energies. Features 4 eV too high -> shift -4."""
+    rows = stored_spectra(duck_store)
+    target = rows[0]
+    e0 = target["e0"]
+    f = write_xmu(tmp_path / "shifted.dat", target["energies"], target["mu_raw"], e0, shift=4.0)
+    # the file's own E0 moves with it (FEFF's k = 0 point), so pin E0 to the unshifted value
+    q = m.read_query(f, element="Cu", e0=e0)
+    res = m.match(store.get_engine(duck_store), q, against="reference", top=1, write=False)
+    assert res.rows[0]["spectrum_id"] == target["id"]
+    assert res.rows[0]["shift"] == pytest.approx(-4.0, abs=0.15)
+    assert res.rows[0]["score"] == pytest.approx(1.0, abs=2e-3)
+    # and the other way, through the array API
+    q2 = m.query_from_arrays(energies=np.asarray(target["energies"]) - 3.0, mu=target["mu_raw"], element="Cu",
+                             e0=e0, calculated=True)  # fmt: skip
+    r2 = m.match(store.get_engine(duck_store), q2, against="reference", top=1, write=False)
+    assert r2.rows[0]["shift"] == pytest.approx(3.0, abs=0.15)
+    # outside the search range the best is pinned at the limit and flagged
+    r3 = m.match(store.get_engine(duck_store), q, against="reference", top=1, write=False, shift_range=2.0)
+    assert r3.rows[0]["shift"] == pytest.approx(-2.0) and r3.rows[0]["shift_at_limit"]
+
+
+def test_predicted_and_all_candidates(duck_store, tmp_path):
+    rows = stored_spectra(duck_store)
+    target = rows[-1]
+    f = write_xmu(tmp_path / "xmu.dat", target["energies"], target["mu_raw"], target["e0"])
+    q = m.read_query(f, element="Cu")
+    eng = store.get_engine(duck_store)
+    res = m.match(eng, q, against="predicted", top=3, write=False)
+    assert res.rows[0]["candidate"] == "predicted"
+    assert res.rows[0]["site_id"] == target["site_id"] and res.rows[0]["score"] > 0.999
+    both = m.match(eng, q, against="all", top=2, write=False)
+    assert {r["candidate"] for r in both.rows} == {"reference", "predicted"}
+    assert {r["site_id"] for r in both.rows} == {target["site_id"]}
+    assert both.n_candidates == res.n_candidates + len(rows)
+
+
+def test_stored_spectrum_as_query_excludes_itself(duck_store):
+    sid = stored_spectra(duck_store)[0]["id"]
+    res = m.match(store.get_engine(duck_store), m.query_from_spectrum(store.get_engine(duck_store), sid),
+                  against="reference", top=50, write=False)  # fmt: skip
+    assert sid not in {r["spectrum_id"] for r in res.rows}
+
+
+# --------------------------------------------------------------------------------- bad inputs
+
+
+def two_column(path: Path, e, mu) -> Path:
+    path.write_text("energy mu\n" + "\n".join(f"{a:.4f} {b:.6g}" for a, b in zip(e, mu)) + "\n")
+    return path
+
+
+def edge_like(e, e0=8979.0):
+    return 0.1 + 1 / (1 + np.exp(-(e - e0) / 2.0)) + 0.05 * np.sin((e - e0) / 5.0) * (e > e0)
+
+
+def test_wrong_element_for_the_file(tmp_path, duck_store):
+    e = np.arange(8800.0, 9400.0, 1.0)
+    f = two_column(tmp_path / "cu.txt", e, edge_like(e))
+    with pytest.raises(InputError, match=r"cu.txt.*Fe K edge") as exc:
+        m.read_query(f, element="Fe")
+    assert exc.value.fix
+    rows = stored_spectra(duck_store)
+    x = write_xmu(tmp_path / "xmu.dat", rows[0]["energies"], rows[0]["mu_raw"], rows[0]["e0"])
+    with pytest.raises(InputError, match=r"xmu.dat: the file holds a Cu K spectrum, not Ni") as exc:
+        m.read_query(x, element="Ni")
+    assert "--element Cu" in exc.value.fix
+    with pytest.raises(InputError, match="holds a Cu K spectrum, not Cu L3"):
+        m.read_query(x, element="Cu", edge="L3")
+
+
+@needs_shared(XASLIB)
+def test_wrong_element_for_an_xdi_file():
+    xdi = XASLIB / "Cu" / "cu_metal_rt.xdi"
+    with pytest.raises(InputError, match="cu_metal_rt.xdi: the file holds a Cu K spectrum, not Zn"):
+        m.read_query(xdi, element="Zn")
+
+
+def test_too_short_an_energy_range(tmp_path, duck_store):
+    e = np.arange(8950.0, 9010.0, 0.5)  # normalizable, but ends ~30 eV above the edge
+    f = two_column(tmp_path / "short.txt", e, edge_like(e))
+    q = m.read_query(f, element="Cu")
+    with pytest.raises(InputError, match=r"short.txt: too short an energy range") as exc:
+        m.match(store.get_engine(duck_store), q, against="reference", write=False)
+    assert "--shift-range" in exc.value.fix
+    e = np.arange(8975.0, 8990.0, 0.5)
+    with pytest.raises(InputError, match=r"tiny.txt"):
+        m.read_query(two_column(tmp_path / "tiny.txt", e, edge_like(e)), element="Cu")
+
+
+def test_all_nan(tmp_path):
+    e = np.arange(8800.0, 9400.0, 1.0)
+    f = two_column(tmp_path / "nan.txt", e, np.full(e.size, np.nan))
+    with pytest.raises(InputError, match=r"nan.txt.*non-finite"):
+        m.read_query(f, element="Cu")
+    with pytest.raises(InputError, match="NaN/inf everywhere"):
+        m.query_from_arrays(energies=e, mu=np.full(e.size, np.nan), element="Cu", name="arr")
+
+
+def test_no_candidates_is_clear(db_url, tmp_path):
+    e = np.arange(8800.0, 9400.0, 1.0)
+    q = m.read_query(two_column(tmp_path / "cu.txt", e, edge_like(e)), element="Cu")
+    with pytest.raises(InputError, match="no Cu K candidates") as exc:
+        m.match(store.get_engine(db_url), q, against="predicted")
+    assert "xastruct screen" in exc.value.fix
+
+
+# ------------------------------------------------------------------------- writes and the CLI
+
+
+def test_rerun_inserts_nothing_twice(db_url, tree, tmp_path):
+    eng = store.get_engine(db_url)
+    ingest.ingest_feff(eng, tree)
+    add_predictions(db_url)
+    rows = stored_spectra(db_url)
+    f = write_xmu(tmp_path / "xmu.dat", rows[0]["energies"], rows[0]["mu_raw"], rows[0]["e0"])
+    q = m.read_query(f, element="Cu")
+    first = m.match(eng, q, against="all", top=5)
+    assert first.inserted == 5 and count(db_url, "matches") == 5
+    m.clear_cache()
+    again = m.match(eng, q, against="all", top=5)
+    assert again.inserted == 0 and count(db_url, "matches") == 5
+    assert [r["rank"] for r in again.rows] == [1, 2, 3, 4, 5]
+    assert [r["score"] for r in again.rows] == [r["score"] for r in first.rows]
+    more = m.match(eng, q, against="all", top=7)  # only the two new candidates go in
+    assert more.inserted == 2 and count(db_url, "matches") == 7
+    m.match(eng, q, against="all", top=5, metric="pearson")  # another metric is another result
+    assert count(db_url, "matches") == 12
+    with eng.connect() as c:
+        got = c.execute(sa.text("SELECT rank, candidate, score, shift, query FROM matches WHERE metric = 'cosine' "
+                                "ORDER BY rank")).all()  # fmt: skip
+    assert [g[0] for g in got] == list(range(1, 8)) and got[0][2] == pytest.approx(1.0, abs=2e-3)
+    assert got[0][4] == str(f)
+
+
+def test_cli_end_to_end(tree, tmp_path):
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    run(["ingest", "feff", tree, "--workers", "1", "--db", url])
+    rows = stored_spectra(url)
+    target = rows[1]
+    f = write_xmu(tmp_path / "xmu.dat", target["energies"], target["mu_raw"], target["e0"])
+    out = tmp_path / "res.json"
+    res = run(["match", f, "--element", "Cu", "--against", "reference", "--top", "3", "--out", out, "--db", url])
+    assert "5 row(s) added" not in res.output and "3 row(s) added" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["spectrum_id"] == target["id"] and doc["results"][0]["score"] > 0.998
+    assert doc["shift_sign"] == "eV added to the query energies" and len(doc["results"]) == 3
+    again = run(["match", f, "--element", "Cu", "--against", "reference", "--top", "3", "--out", tmp_path / "r.csv",
+                 "--db", url])  # fmt: skip
+    assert "0 row(s) added" in again.output
+    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("rank,candidate,structure_id,formula")
+    assert count(url, "matches") == 3
+    store.dispose_engines()
+    # bad input: one clear line, exit 1, nothing written
+    bad = run(["match", f, "--element", "Fe", "--db", url], ok=False)
+    assert bad.exit_code == 1 and "the file holds a Cu K spectrum, not Fe" in bad.output
+    assert "Traceback" not in bad.output
+    missing = run(["match", tmp_path / "nope.xdi", "--element", "Cu", "--db", url], ok=False)
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    pred = run(["match", f, "--element", "Cu", "--against", "predicted", "--db", url], ok=False)
+    assert pred.exit_code == 1 and "xastruct screen" in pred.output
+    store.dispose_engines()
+    assert count(url, "matches") == 3

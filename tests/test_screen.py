@@ -1,0 +1,208 @@
+"""`xastruct screen`: forward + inverse + closed loop into `predictions`, idempotence, newer model
+versions, the result views, kill -9 and resume; on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from xastruct import inverse as inv
+from xastruct import screen as scr
+from xastruct import store, train
+from xastruct.cli import main
+
+from .test_inverse import FAST_HP, build_synthetic_store
+
+N = 24  # synthetic Cu structures (+1 with two Cu orbits): 26 inequivalent Cu sites, 46 spectra
+
+
+def _rows(url, q):
+    eng = store.get_engine(url)
+    with eng.connect() as c:
+        return c.execute(sa.text(q)).all()
+
+
+def _forward(eng, tmp, seeds=2):
+    cfg = train.TrainConfig(seeds=seeds, epochs=15, d_hidden=32, keep_last=True, device="cpu", num_threads=1,
+                            batch_size=16)
+    return train.train_forward(eng, element="Cu", edge="K", kind="EXAFS", source="synthetic", config=cfg,
+                               models_dir=tmp / "models", cache_dir=tmp / "cache")
+
+
+def _setup(url, tmp):
+    """Synthetic labelled Cu store + a forward EXAFS model + one model per inverse task."""
+    import torch
+
+    torch.set_num_threads(1)
+    build_synthetic_store(url, n=N)
+    eng = store.get_engine(url)
+    _forward(eng, tmp)
+    for task, arch in (("cn", "rf"), ("neighbor", "sgmlp"), ("mnnd", "sgmlp")):
+        inv.train_inverse(eng, task=task, arch=arch, seeds=1, device="cpu", hp=FAST_HP,
+                          models_dir=tmp / "models", min_sites=10)
+    return eng
+
+
+@pytest.fixture(scope="module")
+def duck(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("screen")
+    url = f"duckdb:///{tmp / 'store.duckdb'}"
+    eng = _setup(url, tmp)
+    yield url, eng, tmp
+    store.dispose_engines()
+
+
+def test_screen_everything_on_both_backends(db_url, tmp_path):
+    eng = _setup(db_url, tmp_path)
+    res = {r.task: r for r in scr.screen(eng, elements=["Cu"], closed_loop=True, device="cpu")}
+    n_sites = 26
+    assert res["forward"].written == n_sites and res["forward"].skipped == 0
+    # every stored spectrum (49) gets a cn, mnnd and neighbor prediction
+    n_spec = _rows(db_url, "SELECT count(*) FROM spectra")[0][0]
+    assert res["inverse"].written == 3 * n_spec
+    assert res["closed-loop"].written == 3 * n_sites
+    counts = dict(((t, tg), n) for t, tg, n in
+                  _rows(db_url, "SELECT task, target, count(*) FROM predictions GROUP BY task, target"))
+    assert counts[("forward", "site")] == n_sites
+    assert counts[("mnnd", "spectrum")] == n_spec and counts[("cn", "prediction")] == n_sites
+    # forward rows: the grid, finite spectra, an ensemble spread, the reference comparison
+    for e, mu, unc, ref, mae, cos in _rows(db_url, "SELECT energies, mu, uncertainty, reference_spectrum_id, "
+                                                   "reference_mae, reference_cosine FROM predictions "
+                                                   "WHERE task = 'forward'"):
+        assert len(e) == len(mu) == train.grid_spec("Cu", "K", "EXAFS")["n"] and np.isfinite(mu).all()
+        assert unc is not None and unc >= 0
+        assert ref is not None and mae >= 0 and -1 <= cos <= 1  # every synthetic site has EXAFS
+    # inverse rows carry values, labels, probabilities, uncertainties
+    for task, value, label, unc, proba in _rows(db_url, "SELECT task, value, label, uncertainty, probabilities "
+                                                        "FROM predictions WHERE task <> 'forward'"):
+        assert unc is not None and unc >= 0
+        if task == "mnnd":
+            assert 1.5 < value < 3.0
+        else:
+            p = proba if isinstance(proba, dict) else json.loads(proba)
+            assert label in p and abs(sum(p.values()) - 1) < 1e-2
+            if task == "cn":
+                assert value in (4.0, 6.0) and label == str(int(value))
+    # the views: truth beside predictions, metrics per element
+    vt = _rows(db_url, "SELECT task, closed_loop, count(*), avg(abs_error) FROM predictions_vs_truth "
+                       "GROUP BY task, closed_loop")
+    got = {(t, bool(c)): (n, err) for t, c, n, err in vt}
+    assert got[("mnnd", False)][0] == n_spec and got[("mnnd", True)][0] == n_sites
+    assert got[("forward", False)][0] == n_sites
+    assert got[("mnnd", False)][1] < 0.25  # the synthetic spectra encode the distance
+    # per kind of input (XANES, EXAFS) and direct vs closed loop
+    m = {(t, k, bool(c)): (n, acc) for t, k, c, n, acc in
+         _rows(db_url, "SELECT task, kind, closed_loop, n, accuracy FROM per_element_metrics WHERE element = 'Cu'")}
+    assert sum(n for (t, _, c), (n, _) in m.items() if t == "cn" and not c) == n_spec
+    assert m[("cn", "EXAFS", False)][1] > 0.7 and m[("cn", "EXAFS", True)][0] == n_sites
+    # a rerun predicts nothing new
+    again = {r.task: r for r in scr.screen(eng, elements=["Cu"], closed_loop=True, device="cpu")}
+    assert all(r.written == 0 for r in again.values())
+    assert again["forward"].already == n_sites and again["inverse"].already == 3 * n_spec
+    assert _rows(db_url, "SELECT count(*) FROM predictions")[0][0] == n_sites + 3 * n_spec + 3 * n_sites
+    runs = _rows(db_url, "SELECT status FROM runs WHERE command = 'screen'")
+    assert [r[0] for r in runs] == ["done", "done"]
+
+
+def test_newer_model_version_adds_rows_and_latest_view_shows_it(duck):
+    url, eng, tmp = duck
+    scr.screen(eng, elements=["Cu"], task="forward", device="cpu")
+    v1 = _rows(url, "SELECT count(*) FROM predictions WHERE task = 'forward'")[0][0]
+    newer = _forward(eng, tmp, seeds=1).entry
+    assert newer.name.endswith("/v2")
+    r = scr.screen(eng, elements=["Cu"], task="forward", device="cpu")[0]
+    assert r.written == v1 and r.models == [newer.name]  # single member: no spread
+    assert _rows(url, "SELECT count(*) FROM predictions WHERE task = 'forward'")[0][0] == 2 * v1
+    latest = _rows(url, "SELECT DISTINCT model_name FROM latest_predictions WHERE task = 'forward'")
+    assert latest == [(newer.name,)]
+    assert _rows(url, "SELECT count(*) FROM latest_predictions WHERE task = 'forward'")[0][0] == v1
+    assert _rows(url, f"SELECT count(*) FROM predictions WHERE model_id = {newer.id} AND uncertainty IS NULL")[0][0] == v1
+    # an explicit older model by id adds nothing (already screened)
+    old = _rows(url, "SELECT id FROM models WHERE name LIKE 'forward/%/v1'")[0][0]
+    assert scr.screen(eng, elements=["Cu"], task="forward", model=str(old), device="cpu")[0].written == 0
+
+
+def test_where_filter_and_bad_input(duck):
+    url, eng, _ = duck
+    r = scr.screen(eng, elements=["Cu"], task="inverse", where="structures.source_id = 'syn-3'", device="cpu")[0]
+    assert r.targets == 3 * 2  # one structure with XANES and EXAFS, three tasks
+    with pytest.raises(Exception) as e:
+        scr.screen(eng, elements=["Cu"], where="no_such_column = 1")
+    assert "--where" in str(e.value) and "valid SQL filter" in str(e.value)
+    res = CliRunner().invoke(main, ["screen", "--elements", "Xx", "--db", url])
+    assert res.exit_code == 1 and "not an element symbol" in res.output
+    res = CliRunner().invoke(main, ["screen", "--elements", "Zn", "--task", "forward", "--db", url])
+    assert res.exit_code == 0 and "no registered model" in res.output
+
+
+def test_measured_spectrum_without_structure_is_screened(duck, tmp_path):
+    """An XDI-like measured file (no structure) gets inverse predictions, target = spectrum."""
+    url, eng, _ = duck
+    from .test_inverse import _xanes
+
+    scr.screen(eng, elements=["Cu"], task="inverse", device="cpu")  # everything stored so far
+
+    e, mu = _xanes(4, 1.95, "O", np.random.default_rng(3))
+    f = tmp_path / "cu_measured.xdi"
+    head = ["# XDI/1.0", "# Element.symbol: Cu", "# Element.edge: K", "# Column.1: energy eV",
+            "# Column.2: mutrans", "# Sample.name: unknown Cu oxide", "#----", "# energy mutrans"]
+    f.write_text("\n".join(head + [f"{a:.3f} {b:.6f}" for a, b in zip(e, mu * 2.0 + 0.1)]) + "\n")
+    res = CliRunner().invoke(main, ["ingest", "xdi", str(f), "--db", url])
+    assert res.exit_code == 0, res.output
+    r = scr.screen(eng, elements=["Cu"], task="inverse", device="cpu")[0]
+    assert r.written == 3
+    rows = _rows(url, "SELECT p.task, p.structure_id, p.value, p.label FROM predictions p "
+                      "JOIN spectra s ON s.id = p.spectrum_id WHERE s.structure_id IS NULL")
+    assert len(rows) == 3 and all(sid is None for _, sid, _, _ in rows)
+
+
+def test_screen_resumes_after_kill(duck, tmp_path):
+    """kill -9 after the first committed batch; the rerun completes with nothing duplicated."""
+    url, eng, tmp = duck
+    import shutil
+
+    # a private copy of the store (with its models dir) so the module fixture stays intact
+    store.dispose_engines()
+    src = tmp / "store.duckdb"
+    dst = tmp_path / "store.duckdb"
+    shutil.copy(src, dst)
+    url2 = f"duckdb:///{dst}"
+    with store.get_engine(url2).begin() as c:
+        c.execute(sa.text("DELETE FROM predictions"))
+    store.dispose_engines()
+    cmd = [sys.executable, "-m", "xastruct.cli", "screen", "--elements", "Cu", "--task", "forward",
+           "--batch-size", "1", "--device", "cpu", "--db", url2]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    seen = 0
+    for line in proc.stderr:
+        if line.startswith("committed:"):
+            seen += 1
+            if seen >= 3:
+                break
+        if time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    first = _rows(url2, "SELECT count(*), count(DISTINCT key) FROM predictions")[0]
+    store.dispose_engines()
+    n_models = _rows(url2, "SELECT count(*) FROM models WHERE task = 'forward' AND arch = 'xastruct'")[0][0]
+    store.dispose_engines()
+    total = 26  # the newest forward model x 26 sites
+    assert 0 < first[0] < total and first[0] == first[1], (first, n_models)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    n, distinct = _rows(url2, "SELECT count(*), count(DISTINCT key) FROM predictions")[0]
+    assert n == distinct == total

@@ -1,0 +1,573 @@
+"""Screening: run the registered models over everything in the store and write `predictions`.
+
+forward   every stored structure with the absorber (spectrum or not: that is the point) -> one
+          predicted spectrum per (model, symmetry-inequivalent site), on the model's grid
+          (XANES: normalized mu on E - E0 in eV; EXAFS: k^2 chi on k in 1/A). Where the site also
+          has a stored spectrum of that edge/kind, its MAE and cosine against it are stored too.
+inverse   every stored spectrum of the absorber (simulated or measured, with or without a
+          structure) -> CN, MNND and neighbour type with probabilities/uncertainty, from the model
+          that suits the spectrum's kind (see :func:`xastruct.inverse.find_model`).
+closed    (``closed_loop``) forward-predicted spectra fed into the inverse models, to compare the
+          recovered CN/MNND/neighbour with the structure's own labels.
+
+One predictions row per (model, target); its ``key`` (model id + target) makes reruns insert only
+what is missing and lets a newer model version add its own rows. Every batch is one transaction,
+so a killed screen leaves complete batches only and a rerun finishes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from . import registry, store
+from .errors import InputError
+from .schema import predictions as pred_t
+from .schema import sites as sites_t
+from .schema import spectra as spectra_t
+from .schema import structures as structures_t
+
+TASKS = ("forward", "inverse", "all")
+INVERSE_TASKS = ("cn", "mnnd", "neighbor")
+#: forward archs screened by default (baselines/ablations are for benchmarks; pick them by --model ID)
+DEFAULT_FORWARD_ARCH = "xastruct"
+
+__all__ = ["ScreenResult", "forward_models", "screen", "screen_forward", "screen_inverse"]
+
+
+@dataclass(kw_only=True)
+class ScreenResult:
+    task: str
+    models: list[str]
+    targets: int = 0  # targets considered
+    already: int = 0  # had a prediction from the same model before
+    written: int = 0
+    skipped: int = 0  # could not be predicted (reason counted in `reasons`)
+    seconds: float = 0.0
+    reasons: Counter | None = None
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("task", "models", "targets", "already", "written", "skipped")}
+        d["seconds"] = round(self.seconds, 2)
+        d["reasons"] = dict(self.reasons or {})
+        return d
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _progress(factory, total: int, label: str):
+    return factory(total, label) if factory else nullcontext(lambda n=1: None)
+
+
+def _existing_keys(conn: sa.Connection, model_ids: Sequence[int]) -> set[str]:
+    if not model_ids:
+        return set()
+    q = sa.select(pred_t.c.key).where(pred_t.c.model_id.in_([int(m) for m in model_ids]))
+    return set(conn.execute(q).scalars())
+
+
+def _where(q, where: str | None):
+    return q.where(sa.text(f"({where})")) if where else q
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def _model_choice(engine, task: str, element: str, model: str | int | None) -> list[registry.ModelEntry]:
+    """Forward models to run for one element: an explicit id/name, or the newest default-arch model
+    per (edge, kind)."""
+    if model not in (None, "", "latest"):
+        with engine.connect() as conn:
+            e = registry._entry(conn, model)
+        return [e] if e.task == task and e.element == element else []
+    newest: dict[tuple, registry.ModelEntry] = {}
+    for e in registry.list_models(engine, task=task, element=element):
+        if e.arch == DEFAULT_FORWARD_ARCH:
+            newest[(e.edge, e.kind)] = e  # list_models is oldest first
+    return list(newest.values())
+
+
+def forward_models(engine: sa.Engine, elements: Sequence[str], model: str | int | None = "latest"):
+    return [e for el in elements for e in _model_choice(engine, "forward", el, model)]
+
+
+# ----------------------------------------------------------------------------------- forward
+
+
+def _forward_targets(engine, element: str, where: str | None) -> list[tuple[int, int, int]]:
+    """(structure_id, site_id, site_index) of every inequivalent `element` site."""
+    from .simulate import ensure_sites
+
+    ensure_sites(engine, element)  # label sites first: the filter may use sites columns
+    q = (
+        sa.select(sites_t.c.structure_id, sites_t.c.id, sites_t.c.site_index)
+        .select_from(_FORWARD_FROM)
+        .where(sites_t.c.element == element)
+        .where(sa.or_(sites_t.c.equivalent_to.is_(None), sites_t.c.equivalent_to == sites_t.c.site_index))
+        .order_by(sites_t.c.structure_id, sites_t.c.site_index)
+    )
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(_where(q, where))]
+
+
+def _references(conn, site_ids: Sequence[int], edge: str, kind: str) -> dict[int, dict]:
+    """Newest stored spectrum per site for (edge, kind)."""
+    if not site_ids:
+        return {}
+    cols = [spectra_t.c.id, spectra_t.c.site_id, spectra_t.c.e0]
+    cols += [spectra_t.c.energies, spectra_t.c.mu] if kind == "XANES" else [spectra_t.c.k, spectra_t.c.chi]
+    q = (sa.select(*cols).where(spectra_t.c.site_id.in_([int(s) for s in site_ids]), spectra_t.c.edge == edge,
+                                spectra_t.c.kind == kind).order_by(spectra_t.c.id))
+    return {r["site_id"]: dict(r) for r in conn.execute(q).mappings()}
+
+
+def _structure(js: str):
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(json.loads(js))
+
+
+def screen_forward(
+    engine: sa.Engine,
+    *,
+    elements: Sequence[str],
+    model: str | int | None = "latest",
+    where: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    run_id: int | None = None,
+    progress_factory: Callable | None = None,
+    on_commit: Callable[[str], None] | None = None,
+) -> ScreenResult:
+    """Predicted spectra for every inequivalent absorber site of `elements` (module doc)."""
+    import torch
+
+    from .embed import chgnet_site_embeddings, pooled_embedding
+    from .models import pick_device
+    from .train import crystalnn_neighbors, default_cache_dir, grid_points, predict_sites, resample
+
+    t0 = time.perf_counter()
+    entries = forward_models(engine, elements, model)
+    res = ScreenResult(task="forward", models=[e.name for e in entries], reasons=Counter())
+    if not entries:
+        return res
+    # work list: (entry, structure_id, site_id, site_index) missing a prediction
+    with engine.connect() as conn:
+        have = _existing_keys(conn, [e.id for e in entries])
+    todo: dict[int, list[tuple]] = defaultdict(list)  # structure_id -> [(entry, site_id, site_index)]
+    targets_by_el = {el: _forward_targets(engine, el, where) for el in {e.element for e in entries}}
+    for e in entries:
+        for sid, site_id, idx in targets_by_el[e.element]:
+            res.targets += 1
+            if f"{e.id}:site:{site_id}" in have:
+                res.already += 1
+            else:
+                todo[sid].append((e, site_id, idx))
+    if not todo:
+        res.seconds = time.perf_counter() - t0
+        return res
+    loaded = {e.id: registry.load(engine, e.id, device=device) for e in entries}
+    dev = pick_device(device)
+    for m in (m for e in loaded.values() for m in e.members):
+        m.to(dev).eval()
+    grids = {e.id: grid_points(e.grid).astype(float) for e in loaded.values()}
+    cache = default_cache_dir(str(engine.url))
+    threads = workers or torch.get_num_threads()
+    struct_ids = list(todo)
+    n_jobs = sum(len(v) for v in todo.values())
+    with _progress(progress_factory, n_jobs, "forward predictions") as advance:
+        for start in range(0, len(struct_ids), batch_size):
+            batch = struct_ids[start:start + batch_size]
+            with engine.connect() as conn:
+                js = dict(conn.execute(sa.select(structures_t.c.id, structures_t.c.structure_json)
+                                       .where(structures_t.c.id.in_(batch))).all())
+            structs = {sid: _structure(js[sid]) for sid in batch}
+            pooled_needed = any(loaded[e.id].config.get("mode") == "pooled" for sid in batch for e, _, _ in todo[sid])
+            feas: dict[int, np.ndarray] = {}
+            if pooled_needed:
+                ordered = [sid for sid in batch if structs[sid].is_ordered]
+                for sid in batch:
+                    if sid not in ordered:
+                        res.reasons["disordered structure"] += len(todo[sid])
+                got = chgnet_site_embeddings([structs[s] for s in ordered], device=dev, num_threads=threads,
+                                             cache_dir=cache / "chgnet")
+                feas = dict(zip(ordered, got))
+            nbr_cache: dict[tuple, list[int]] = {}
+            rows: list[dict] = []
+            by_model: dict[int, list[tuple]] = defaultdict(list)
+            for sid in batch:
+                for e, site_id, idx in todo[sid]:
+                    by_model[e.id].append((sid, site_id, idx))
+            for mid, items in by_model.items():
+                entry = loaded[mid]
+                mode = entry.config.get("mode")
+                if mode == "pooled":
+                    items = [it for it in items if it[0] in feas]
+                    if not items:
+                        continue
+                    z = []
+                    for sid, _site_id, idx in items:
+                        if (sid, idx) not in nbr_cache:
+                            nbr_cache[(sid, idx)] = crystalnn_neighbors(structs[sid], idx)[0]
+                        z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache[(sid, idx)]))
+                    zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
+                    with torch.no_grad():
+                        out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)
+                else:  # graph / finetune / mean models: one structure at a time
+                    out_parts = []
+                    for sid, _site_id, idx in items:
+                        out_parts.append(predict_sites(entry, structs[sid], [idx], device=device)[:, 0])
+                    out = np.stack(out_parts, axis=1)
+                mean, spread = out.mean(axis=0), out.std(axis=0)
+                refs = {}
+                with engine.connect() as conn:
+                    refs = _references(conn, [it[1] for it in items], entry.edge, entry.kind)
+                for j, (sid, site_id, idx) in enumerate(items):
+                    row = dict(key=f"{mid}:site:{site_id}", model_id=mid, structure_id=sid, site_id=site_id,
+                               task="forward", element=entry.element, edge=entry.edge, kind=entry.kind,
+                               target="site", energies=grids[mid], mu=mean[j].astype(float),
+                               uncertainty=float(spread[j].mean()) if out.shape[0] > 1 else None, run_id=run_id)
+                    ref = refs.get(site_id)
+                    if ref is not None:
+                        y = resample(entry.grid, energies=ref.get("energies"), mu=ref.get("mu"), e0=ref.get("e0"),
+                                     k=ref.get("k"), chi=ref.get("chi"))
+                        if y is not None:
+                            row.update(reference_spectrum_id=ref["id"],
+                                       reference_mae=float(np.mean(np.abs(mean[j] - y))),
+                                       reference_cosine=_cosine(mean[j].astype(float), y.astype(float)))
+                    rows.append(row)
+            with engine.begin() as conn:
+                res.written += store.bulk_insert(conn, "predictions", rows) if rows else 0
+            if on_commit:
+                on_commit(f"forward {res.written}")
+            advance(sum(len(todo[s]) for s in batch))
+    res.skipped = sum(res.reasons.values())
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# ----------------------------------------------------------------------------------- inverse
+
+
+@dataclass(kw_only=True)
+class _Inputs:
+    """Featurized inputs: one row per stored spectrum (or forward prediction)."""
+
+    ref: list  # spectrum id (or prediction id for closed loop)
+    element: list
+    edge: list
+    kind: list  # input kind(s): XANES, EXAFS, XANES+EXAFS
+    measured: list
+    structure_id: list
+    site_id: list
+    xanes: list
+    exafs: list
+
+
+def _featurize_spectrum(r: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Inverse-model features of one stored spectrum row (same rules as `predict structure`)."""
+    from .inverse import EXAFS_GRID, GRID_TOL_K, exafs_features, exafs_reach, measured_chi, xanes_features
+
+    src = f"spectrum {r['id']}"
+    feff = str(r["source"]).startswith("feff") or r["source"] == "mp"
+    if r["kind"] == "EXAFS" and r.get("k") is not None and r.get("chi") is not None:
+        return None, exafs_features(np.asarray(r["k"], float), np.asarray(r["chi"], float), source=src)
+    if r.get("energies") is None or r.get("mu") is None:
+        raise InputError(src, "no mu(E) stored")
+    e, mu = np.asarray(r["energies"], float), np.asarray(r["mu"], float)
+    if not r["normalized"]:
+        raise InputError(src, "not edge-step normalized")
+    xf, e0 = xanes_features(e, mu, source=src)
+    ef = None
+    if not feff and r.get("mu_raw") is not None and exafs_reach(e, e0) >= EXAFS_GRID[-1] - GRID_TOL_K:
+        try:
+            k, chi = measured_chi(e, np.asarray(r["mu_raw"], float), e0_half=e0, source=src)
+            ef = exafs_features(k, chi, source=src)
+        except InputError:
+            ef = None
+    return xf, ef
+
+
+# the tables an inverse --where filter may use (sites/structures are NULL for measured spectra)
+_INVERSE_FROM = (spectra_t.outerjoin(structures_t, structures_t.c.id == spectra_t.c.structure_id)
+                 .outerjoin(sites_t, sites_t.c.id == spectra_t.c.site_id))
+_FORWARD_FROM = sites_t.join(structures_t, structures_t.c.id == sites_t.c.structure_id)
+
+
+def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) -> _Inputs:
+    cols = [spectra_t.c.id, spectra_t.c.absorber, spectra_t.c.edge, spectra_t.c.kind, spectra_t.c.source,
+            spectra_t.c.normalized, spectra_t.c.energies, spectra_t.c.mu, spectra_t.c.mu_raw, spectra_t.c.k,
+            spectra_t.c.chi, spectra_t.c.structure_id, spectra_t.c.site_id]
+    q = (sa.select(*cols).select_from(_INVERSE_FROM)
+         .where(spectra_t.c.absorber.in_(list(elements))).order_by(spectra_t.c.id))
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(_where(q, where)).mappings()]
+    inp = _Inputs(ref=[], element=[], edge=[], kind=[], measured=[], structure_id=[], site_id=[], xanes=[], exafs=[])
+    with _progress(progress_factory, len(rows), "featurize spectra") as advance:
+        for r in rows:
+            try:
+                xf, ef = _featurize_spectrum(r)
+            except InputError as exc:
+                reasons[f"spectrum not usable: {exc.problem}"] += 1
+                advance(1)
+                continue
+            inp.ref.append(r["id"])
+            inp.element.append(r["absorber"])
+            inp.edge.append(r["edge"])
+            inp.kind.append("+".join(k for k, f in (("XANES", xf), ("EXAFS", ef)) if f is not None))
+            inp.measured.append(r["structure_id"] is None or not (str(r["source"]).startswith("feff") or r["source"] == "mp"))
+            inp.structure_id.append(r["structure_id"])
+            inp.site_id.append(r["site_id"])
+            inp.xanes.append(xf)
+            inp.exafs.append(ef)
+            advance(1)
+    return inp
+
+
+def _closed_loop_inputs(engine, elements, reasons: Counter) -> _Inputs:
+    """Latest forward predictions as inverse inputs (XANES: mu on E - E0; EXAFS: k^2 chi -> chi)."""
+    from .inverse import exafs_features, xanes_features
+
+    q = sa.text("SELECT prediction_id, element, edge, kind, energies, mu, structure_id, site_id "
+                "FROM latest_predictions WHERE task = 'forward' AND target = 'site'")
+    inp = _Inputs(ref=[], element=[], edge=[], kind=[], measured=[], structure_id=[], site_id=[], xanes=[], exafs=[])
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings() if r["element"] in set(elements)]
+    for r in rows:
+        x = np.asarray(r["energies"], float)
+        y = np.asarray(r["mu"], float)
+        src = f"prediction {r['prediction_id']}"
+        try:
+            if r["kind"] == "XANES":
+                xf, ef = xanes_features(x, y, source=src)[0], None
+            else:
+                xf, ef = None, exafs_features(x, y / np.maximum(x, 1e-6) ** 2, source=src)
+        except InputError as exc:
+            reasons[f"forward prediction not usable: {exc.problem}"] += 1
+            continue
+        inp.ref.append(r["prediction_id"])
+        inp.element.append(r["element"])
+        inp.edge.append(r["edge"])
+        inp.kind.append(r["kind"])
+        inp.measured.append(False)
+        inp.structure_id.append(r["structure_id"])
+        inp.site_id.append(r["site_id"])
+        inp.xanes.append(xf)
+        inp.exafs.append(ef)
+    return inp
+
+
+def _table(inp: _Inputs, idx: Sequence[int]):
+    from .inverse import EXAFS_GRID, XANES_GRID, SiteTable
+
+    n = len(idx)
+    nan_x, nan_e = np.full(len(XANES_GRID), np.nan), np.full(len(EXAFS_GRID), np.nan)
+    return SiteTable(
+        element=np.array([inp.element[i] for i in idx], dtype=str), edge=np.array([inp.edge[i] for i in idx], dtype=str),
+        structure_id=np.array([inp.structure_id[i] or -1 for i in idx], dtype=np.int64),
+        site_id=np.array([inp.site_id[i] or -1 for i in idx], dtype=np.int64),
+        group=np.array([""] * n, dtype=str), cn=np.zeros(n, np.int64), mnnd=np.zeros(n), neighbor=np.array([""] * n, dtype=str),
+        xanes=np.stack([inp.xanes[i] if inp.xanes[i] is not None else nan_x for i in idx]) if n else np.zeros((0, len(XANES_GRID))),
+        exafs=np.stack([inp.exafs[i] if inp.exafs[i] is not None else nan_e for i in idx]) if n else np.zeros((0, len(EXAFS_GRID))),
+        keys=[[] for _ in idx],
+    )
+
+
+def screen_inverse(
+    engine: sa.Engine,
+    *,
+    elements: Sequence[str],
+    model: str | int | None = "latest",
+    where: str | None = None,
+    batch_size: int = 4096,
+    device: str = "auto",
+    closed_loop: bool = False,
+    run_id: int | None = None,
+    progress_factory: Callable | None = None,
+    on_commit: Callable[[str], None] | None = None,
+) -> ScreenResult:
+    """CN / MNND / neighbour for every stored spectrum of `elements` (or, with closed_loop, every
+    latest forward prediction) with the model suited to its input kind."""
+    from .inverse import (VARIANT_OF, _predict_classifier, _predict_mnnd, find_model, load_member,
+                          member_temperature)
+
+    t0 = time.perf_counter()
+    reasons: Counter = Counter()
+    res = ScreenResult(task="closed-loop" if closed_loop else "inverse", models=[], reasons=reasons)
+    inp = (_closed_loop_inputs(engine, elements, reasons) if closed_loop
+           else _stored_inputs(engine, elements, where, reasons, progress_factory))
+    target = "prediction" if closed_loop else "spectrum"
+    explicit = None
+    if model not in (None, "", "latest"):
+        with engine.connect() as conn:
+            explicit = registry._entry(conn, model)
+    # group rows by the model each task would use
+    groups: dict[tuple, list[int]] = defaultdict(list)  # (task, model id) -> row indices
+    entries: dict[int, Any] = {}
+    choice_cache: dict[tuple, Any] = {}
+    for i in range(len(inp.ref)):
+        have_x, have_e = inp.xanes[i] is not None, inp.exafs[i] is not None
+        for task in INVERSE_TASKS:
+            if explicit is not None and explicit.task != task:
+                continue
+            ck = (task, inp.element[i], inp.edge[i], have_x, have_e, inp.measured[i])
+            if ck not in choice_cache:
+                choice_cache[ck] = explicit if explicit is not None else find_model(
+                    engine, task, inp.element[i], inp.edge[i], have_xanes=have_x, have_exafs=have_e,
+                    measured=inp.measured[i])
+            e = choice_cache[ck]
+            res.targets += 1
+            if e is None:
+                reasons[f"no {task} model for {inp.element[i]} {inp.edge[i]} {inp.kind[i]}"] += 1
+                continue
+            entries[e.id] = e
+            groups[(task, e.id)].append(i)
+    res.models = sorted(e.name for e in entries.values())
+    with engine.connect() as conn:
+        have = _existing_keys(conn, list(entries))
+    total = sum(len(v) for v in groups.values())
+    with _progress(progress_factory, total, "inverse predictions") as advance:
+        for (task, mid), idx in groups.items():
+            e = entries[mid]
+            todo = [i for i in idx if f"{mid}:{target}:{inp.ref[i]}" not in have]
+            res.already += len(idx) - len(todo)
+            advance(len(idx) - len(todo))
+            if not todo:
+                continue
+            members = [load_member(d, device=device) for d in e.member_dirs()]
+            if not members:
+                reasons[f"model {e.name}: artifact holds no members"] += len(todo)
+                continue
+            cfg = e.config or {}
+            variant, norm = VARIANT_OF[e.kind], cfg.get("input_norm")
+            for start in range(0, len(todo), batch_size):
+                part = todo[start:start + batch_size]
+                table = _table(inp, part)
+                rows = []
+                base = [dict(model_id=mid, task=task, element=inp.element[i], edge=inp.edge[i], kind=inp.kind[i],
+                             target=target, structure_id=inp.structure_id[i], site_id=inp.site_id[i],
+                             spectrum_id=None if closed_loop else inp.ref[i],
+                             input_prediction_id=inp.ref[i] if closed_loop else None,
+                             key=f"{mid}:{target}:{inp.ref[i]}", run_id=run_id) for i in part]
+                if task == "mnnd":
+                    ms, vs = zip(*(_predict_mnnd(m, table, variant, norm) for m in members))
+                    ms, vs = np.asarray(ms), np.asarray(vs)
+                    mean = ms.mean(axis=0)
+                    sigma = np.sqrt(np.maximum(vs.mean(axis=0) + ms.var(axis=0), 0.0))
+                    for j, b in enumerate(base):
+                        rows.append(dict(b, value=float(mean[j]), uncertainty=float(sigma[j])))
+                else:
+                    classes = list(cfg.get("classes") or [])
+                    proba = np.mean([_predict_classifier(m, table, variant, classes, norm, member_temperature(cfg, k))
+                                     for k, m in enumerate(members)], axis=0)
+                    best = proba.argmax(axis=1)
+                    for j, b in enumerate(base):
+                        p = {c: round(float(proba[j, c_i]), 4) for c_i, c in enumerate(classes)}
+                        row = dict(b, label=classes[best[j]], probabilities=p,
+                                   uncertainty=float(1.0 - proba[j, best[j]]))
+                        if task == "cn":
+                            vals = np.array([float(c) if c.isdigit() else np.nan for c in classes])
+                            ok = np.isfinite(vals)
+                            row["value"] = float(vals[best[j]]) if ok[best[j]] else None
+                            if ok.any():
+                                pm = proba[j, ok] / max(proba[j, ok].sum(), 1e-12)
+                                mu_cn = float(pm @ vals[ok])
+                                row["uncertainty"] = float(np.sqrt(max(pm @ (vals[ok] - mu_cn) ** 2, 0.0)))
+                        rows.append(row)
+                with engine.begin() as conn:
+                    res.written += store.bulk_insert(conn, "predictions", rows)
+                if on_commit:
+                    on_commit(f"{res.task} {res.written}")
+                advance(len(part))
+    res.skipped = sum(reasons.values())
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# ----------------------------------------------------------------------------------- entry point
+
+
+def screen(
+    engine: sa.Engine,
+    *,
+    elements: Sequence[str],
+    task: str = "all",
+    model: str | int | None = "latest",
+    where: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    closed_loop: bool = False,
+    progress_factory: Callable | None = None,
+    on_commit: Callable[[str], None] | None = None,
+) -> list[ScreenResult]:
+    """Run forward and/or inverse screening (and the closed loop) for `elements`; one runs row."""
+    from pymatgen.core import Element
+
+    if task not in TASKS:
+        raise InputError("--task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    els = []
+    for el in elements:
+        el = el.strip()
+        if not el:
+            continue
+        try:
+            Element(el)
+        except ValueError:
+            raise InputError("--elements", f"{el!r} is not an element symbol", "use symbols like Fe,Co") from None
+        els.append(el)
+    if not els:
+        raise InputError("--elements", "no element given", "e.g. --elements Fe,Co")
+    if where:
+        _check_where(engine, where, task)
+    out: list[ScreenResult] = []
+    args = dict(elements=els, task=task, model=model, where=where, closed_loop=closed_loop)
+    with store.run_record(engine, "screen", args) as summary:
+        if task in ("forward", "all"):
+            out.append(screen_forward(engine, elements=els, model=model if task == "forward" else "latest",
+                                      where=where, batch_size=batch_size or 64, workers=workers, device=device,
+                                      run_id=summary["run_id"], progress_factory=progress_factory,
+                                      on_commit=on_commit))
+        if task in ("inverse", "all"):
+            out.append(screen_inverse(engine, elements=els, model=model if task == "inverse" else "latest",
+                                      where=where, batch_size=batch_size or 4096, device=device,
+                                      run_id=summary["run_id"], progress_factory=progress_factory,
+                                      on_commit=on_commit))
+        if closed_loop:
+            out.append(screen_inverse(engine, elements=els, model="latest", device=device, closed_loop=True,
+                                      run_id=summary["run_id"], progress_factory=progress_factory,
+                                      on_commit=on_commit))
+        summary["results"] = [r.as_dict() for r in out]
+    return out
+
+
+def _check_where(engine, where: str, task: str) -> None:
+    """Fail early, naming the filter, when --where is not valid SQL for the targets screened."""
+    probes = []
+    if task in ("forward", "all"):
+        probes.append(("forward (structures, sites)", _FORWARD_FROM))
+    if task in ("inverse", "all"):
+        probes.append(("inverse (spectra, structures, sites)", _INVERSE_FROM))
+    with engine.connect() as conn:
+        for name, frm in probes:
+            try:
+                conn.execute(_where(sa.select(sa.literal(1)).select_from(frm), where).limit(1)).all()
+            except sa.exc.DBAPIError as exc:
+                raise InputError(
+                    "--where", f"not a valid SQL filter for {name}: {str(exc.orig).splitlines()[0]}",
+                    "write a boolean SQL expression over those tables' columns, e.g. "
+                    "--where \"structures.source = 'builtin'\" (a spectra column only works with --task inverse)",
+                ) from None
