@@ -337,3 +337,25 @@ def test_cli_end_to_end(tree, tmp_path):
     assert pred.exit_code == 1 and "xastruct screen" in pred.output
     store.dispose_engines()
     assert count(url, "matches") == 3
+
+
+def test_predictions_on_another_grid_are_resampled(duck_url, tree, tmp_path):
+    eng = store.get_engine(duck_url)
+    ingest.ingest_feff(eng, tree)
+    rows = stored_spectra(duck_url)
+    with eng.begin() as conn:
+        mid = conn.execute(sa.text(
+            "INSERT INTO models (name, task, element, edge, kind, arch, version) VALUES "
+            "('forward/Cu/K/XANES/other/v1', 'forward', 'Cu', 'K', 'XANES', 'other', 1) RETURNING id")).scalar_one()
+    x = np.arange(-5.0, 80.0, 1.0)  # a coarser, wider grid than the matching grid
+    preds = [dict(key=f"{mid}:site:{r['site_id']}", model_id=mid, structure_id=r["structure_id"], site_id=r["site_id"],
+                  task="forward", element="Cu", edge="K", kind="XANES", target="site", energies=x.tolist(),
+                  mu=np.interp(x, np.asarray(r["energies"]) - r["e0"], np.asarray(r["mu"])).tolist())
+             for r in rows]  # fmt: skip
+    with eng.begin() as conn:
+        store.bulk_insert(conn, "predictions", preds)
+    cands = m.load_candidates(eng, element="Cu", against="predicted")
+    assert cands.n == len(rows) and cands.y.shape[1] == m.GRID["n"]
+    f = write_xmu(tmp_path / "xmu.dat", rows[2]["energies"], rows[2]["mu_raw"], rows[2]["e0"])
+    res = m.match(eng, m.read_query(f, element="Cu"), against="predicted", top=1, write=False)
+    assert res.rows[0]["site_id"] == rows[2]["site_id"] and res.rows[0]["score"] > 0.999

@@ -120,3 +120,22 @@ def test_jobs_adopt_spectra_loaded_from_a_dataset(tmp_path, db_url):
     assert res.exit_code == 0, res.output
     assert _rows(db_url, "SELECT status, spectrum_id IS NOT NULL FROM jobs") == [("done", True)]
     assert _rows(db_url, "SELECT count(*) FROM spectra")[0][0] == 1
+
+
+def test_limit_is_per_element_not_per_run(tmp_path):
+    """--limit N: at most N sites of EACH element are planned and run (not N jobs in total)."""
+    from xastruct import simulate as sim
+
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    _structures(tmp_path / "cifs")
+    res = CliRunner().invoke(main, ["ingest", "structures", str(tmp_path / "cifs"), "--db", url])
+    assert res.exit_code == 0, res.output
+    eng = store.get_engine(url)
+    info = sim.plan(eng, elements=["O", "Ni", "Zn"], kind="EXAFS", limit=2)
+    todo = sim.pending_jobs(eng, elements=["O", "Ni", "Zn"], edge="K", kind="EXAFS", code="feff8l", keys=info["keys"])
+    per_el = {el: sum(1 for j in todo if j["absorber"] == el) for el in ("O", "Ni", "Zn")}
+    assert per_el == {"O": 2, "Ni": 1, "Zn": 1}  # O occurs in three structures: capped at 2
+    # a later plan with a smaller limit runs only its own jobs, though more are pending
+    info1 = sim.plan(eng, elements=["O"], kind="EXAFS", limit=1)
+    assert len(sim.pending_jobs(eng, elements=["O"], edge="K", kind="EXAFS", code="feff8l", keys=info1["keys"])) == 1
+    store.dispose_engines()

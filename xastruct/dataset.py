@@ -1,7 +1,7 @@
 """The embedded default dataset: structures + labelled sites + FEFF spectra as compressed parquet.
 
 Made by the project's own commands (`xastruct ingest builtin`, `xastruct simulate ...`) and written
-with `xastruct export dataset`; `xastruct ingest builtin` loads it back. Rows are linked by the
+with `xastruct dataset export`; `xastruct ingest builtin` loads it back. Rows are linked by the
 structure content hash and site index, never by database ids, so it loads into any store.
 """
 
@@ -32,9 +32,9 @@ _HEAVY_L3 = ["Zr", "Mo", "Ru", "Pd", "Ag", "Sn", "Sb", "I", "Ba", "La", "Ce", "G
 RECIPE: list[dict] = [
     {"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
     {"kind": "EXAFS", "edge": "L3", "elements": "all", "min_z": 40},
-    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 8},
-    {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 4},
-    {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 3},
+    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 4},
+    {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 2},
+    {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 1},
 ]
 
 
@@ -103,7 +103,7 @@ def load_dataset(engine: sa.Engine, src: str | Path = DEFAULT_DIR, *, progress=N
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise InputError(src, f"dataset files missing: {', '.join(missing)}",
-                         "regenerate with `xastruct export dataset` or pass --dataset none")
+                         "regenerate with `xastruct dataset export` or pass --dataset none")
     added = {}
     st = pq.read_table(files["structures"]).to_pylist()
     with engine.begin() as conn:

@@ -508,7 +508,7 @@ def ingest_builtin(engine, *, dataset="default", workers: int = 1, progress_fact
         with _progress(progress_factory, 2, "default dataset") as adv:
             added.update(load_dataset(engine, ds, progress=adv))
     elif dataset not in ("default", None, "none"):
-        raise InputError(dataset, "no dataset here", "pass a folder written by `xastruct export dataset`")
+        raise InputError(dataset, "no dataset here", "pass a folder written by `xastruct dataset export`")
     entries = load_library()
     with engine.connect() as conn:
         have = set(conn.execute(sa.select(structures_t.c.content_hash)).scalars())

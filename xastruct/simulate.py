@@ -82,6 +82,7 @@ def plan(
     if radius is not None:
         full["cluster_radius"] = float(radius)
     planned = 0
+    keys: set[str] = set()  # every job of this plan, new or not (limit is per element)
     for el in elements:
         ensure_sites(engine, el, where=where)
         q = (
@@ -102,10 +103,11 @@ def plan(
                  edge=edge, kind=kind, code=code, params=full, status="pending")
             for sid, idx, h in reps
         ]
+        keys.update(r["key"] for r in rows)
         with engine.begin() as conn:
             planned += store.bulk_insert(conn, "jobs", rows)
     adopt_existing(engine, code)
-    return {"planned": planned, "params": full, "code": code}
+    return {"planned": planned, "params": full, "code": code, "keys": keys}
 
 
 def adopt_existing(engine: sa.Engine, code: str) -> int:
@@ -124,7 +126,10 @@ def adopt_existing(engine: sa.Engine, code: str) -> int:
         return conn.execute(sql, {"code": code}).rowcount or 0
 
 
-def pending_jobs(engine: sa.Engine, *, elements, edge, kind, code, retry_failed=False, limit=None) -> list[dict]:
+def pending_jobs(engine: sa.Engine, *, elements, edge, kind, code, retry_failed=False, limit=None,
+                 keys: set[str] | None = None) -> list[dict]:
+    """Jobs still to run; *keys* restricts them to one plan's jobs (its per-element --limit),
+    *limit* caps the total."""
     statuses = ["pending", "failed"] if retry_failed else ["pending"]
     q = (
         sa.select(jobs_t.c.id, jobs_t.c.key, jobs_t.c.site_index, jobs_t.c.absorber, jobs_t.c.edge, jobs_t.c.kind,
@@ -135,12 +140,14 @@ def pending_jobs(engine: sa.Engine, *, elements, edge, kind, code, retry_failed=
                jobs_t.c.kind == kind, jobs_t.c.code == code)
         .order_by(jobs_t.c.id)
     )
-    if limit:
+    if limit and keys is None:
         q = q.limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(q).mappings().all()
     out = []
     for r in rows:
+        if keys is not None and r["key"] not in keys:
+            continue
         params = r["params"] if isinstance(r["params"], dict) else json.loads(r["params"])
         out.append(dict(job_id=r["id"], key=r["key"], site_index=r["site_index"], absorber=r["absorber"],
                         edge=r["edge"], kind=r["kind"], code=r["code"], params=params,
@@ -332,7 +339,7 @@ def simulate(
     info = plan(engine, elements=elements, edge=edge, kind=kind, code=code, params=params, radius=radius,
                 limit=limit, where=where)
     todo = pending_jobs(engine, elements=elements, edge=edge, kind=kind.upper(), code=info["code"],
-                        retry_failed=retry_failed, limit=limit)
+                        retry_failed=retry_failed, keys=info["keys"])
     args = dict(elements=list(elements), edge=edge, kind=kind, code=info["code"], params=params, radius=radius,
                 workers=workers, scheduler=scheduler, limit=limit)
     with store.run_record(engine, "simulate", args) as summary:

@@ -100,7 +100,8 @@ __all__ = [
 GRIDS: dict[tuple[str, str, str], dict] = {
     ("*", "*", "XANES"): {
         "quantity": "mu_norm", "axis": "E-E0", "unit": "eV",
-        "start": -3.5, "stop": 66.5, "step": 0.5, "max_extrapolate": 1.0,
+        # 1.5 eV: FEFF10 XANES from `xastruct simulate` starts at E0 - 2.44 eV; the foot of the edge is flat
+        "start": -3.5, "stop": 66.5, "step": 0.5, "max_extrapolate": 1.5,
     },
     ("*", "*", "EXAFS"): {
         "quantity": "k2chi", "axis": "k", "unit": "1/A",

@@ -73,7 +73,7 @@ def mp(elements: str, edge: str, kind: str, api_key: str | None, limit: int | No
 
 @ingest_group.command("builtin")
 @click.option("--dataset", default="default", show_default=True,
-              help="Spectra to load with the library: 'default' (shipped), a folder from `xastruct export dataset`, or 'none'.")
+              help="Spectra to load with the library: 'default' (shipped), a folder from `xastruct dataset export`, or 'none'.")
 @click.option("--workers", type=int, default=None)
 @click.option("--models/--no-models", default=True, show_default=True,
               help="Also register the small pretrained models shipped with the package.")
