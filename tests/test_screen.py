@@ -206,3 +206,28 @@ def test_screen_resumes_after_kill(duck, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     n, distinct = _rows(url2, "SELECT count(*), count(DISTINCT key) FROM predictions")[0]
     assert n == distinct == total
+
+
+def test_shipped_models_register_once_and_load(duck, tmp_path):
+    """Artifact directories (as shipped in xastruct/data/pretrained) register in place, idempotently."""
+    import shutil
+
+    from xastruct import registry
+
+    _, eng, tmp = duck
+    src = next(p.parent for p in (tmp / "models").rglob("meta.json") if "/cn/" in str(p))
+    shipped = tmp_path / "pretrained" / "cn" / "Cu" / "K" / src.parts[-3] / "rf" / "v1"
+    shutil.copytree(src, shipped)
+    url = f"duckdb:///{tmp_path / 'fresh.duckdb'}"
+    fresh = store.get_engine(url)
+    assert registry.import_artifacts(fresh, tmp_path / "pretrained") == {"found": 1, "added": 1}
+    assert registry.import_artifacts(fresh, tmp_path / "pretrained")["added"] == 0
+    entry = registry.list_models(fresh)[0]
+    assert entry.artifact == str(shipped.resolve()) and entry.metrics
+    assert inv.load_member(entry.member_dirs()[0], device="cpu") is not None
+    # the models shipped with the package are complete artifacts
+    metas = list(registry.PRETRAINED_DIR.rglob("meta.json"))
+    assert metas, "xastruct/data/pretrained is empty: run `make pretrained`"
+    assert registry.import_artifacts(fresh, registry.PRETRAINED_DIR)["added"] == len(metas)
+    tasks = {e.task for e in registry.list_models(fresh)}
+    assert {"forward", "cn", "neighbor", "mnnd"} <= tasks
