@@ -431,3 +431,14 @@ def test_predict_structure_with_separate_feff_chi_file(trained, tmp_path):
     assert abs(res["predictions"]["mnnd"]["value"] - 1.95) < 0.15
     with pytest.raises(InputError, match="chi.dat holds chi"):
         inv.predict_structure(eng, cf, element="Cu", device="cpu")
+
+
+def test_models_are_not_given_a_spectrum_kind_they_never_saw():
+    """An EXAFS-trained 'both' model must not read a XANES-only scan (measured files often are)."""
+    assert inv.saw_kind({"train_kinds": {"XANES": 0, "EXAFS": 40}}, "EXAFS")
+    assert not inv.saw_kind({"train_kinds": {"XANES": 0, "EXAFS": 40}}, "XANES")
+    # older registry rows: recognised from the untouched input normalisation
+    untouched = {"input_norm": {"xanes_mean": [0.0] * 3, "xanes_std": [1.0] * 3,
+                                "exafs_mean": [0.1, 0.2, 0.0], "exafs_std": [0.3, 0.3, 0.4]}}
+    assert not inv.saw_kind(untouched, "XANES") and inv.saw_kind(untouched, "EXAFS")
+    assert inv.saw_kind({}, "XANES")  # unknown (e.g. random forests before train_kinds): allowed

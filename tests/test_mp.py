@@ -54,8 +54,21 @@ def test_fixtures_are_xasdoc_schema():
     assert len(names) == 6
     for name in names:
         doc = XASDoc.model_validate(_load(name))  # (validation rewrites its input in place)
-        # round trip: the stored JSON is exactly what emmet serializes
-        assert json.loads(json.dumps(doc.model_dump(mode="json"), sort_keys=True)) == _load(name)
+        # round trip: the stored JSON is what emmet serializes (floats to the last bits: lattice angles
+        # recomputed from the matrix differ in the 15th digit between numpy builds)
+        assert _same(json.loads(json.dumps(doc.model_dump(mode="json"), sort_keys=True)), _load(name))
+
+
+def _same(a, b) -> bool:
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b
 
 
 def test_site_specific_doc_to_record():

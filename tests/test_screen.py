@@ -228,6 +228,7 @@ def test_shipped_models_register_once_and_load(duck, tmp_path):
     # the models shipped with the package are complete artifacts
     metas = list(registry.PRETRAINED_DIR.rglob("meta.json"))
     assert metas, "xastruct/data/pretrained is empty: run `make pretrained`"
-    assert registry.import_artifacts(fresh, registry.PRETRAINED_DIR)["added"] == len(metas)
-    tasks = {e.task for e in registry.list_models(fresh)}
+    other = store.get_engine(f"duckdb:///{tmp_path / 'other.duckdb'}")
+    assert registry.import_artifacts(other, registry.PRETRAINED_DIR)["added"] == len(metas)
+    tasks = {e.task for e in registry.list_models(other)}
     assert {"forward", "cn", "neighbor", "mnnd"} <= tasks

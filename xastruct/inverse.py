@@ -1024,6 +1024,8 @@ def train_task(
     }
     config = {
         "target": data.target, "features": features, "classes": classes, "input_norm": norm,
+        # which input kinds the model actually saw: a kind it never saw must not be routed to it
+        "train_kinds": {"XANES": int(parts["train"].has_xanes.sum()), "EXAFS": int(parts["train"].has_exafs.sum())},
         "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
         "use_element": bool(use_element) if task == "mnnd" and arch != "rf" else None,
         "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
@@ -1239,6 +1241,20 @@ def _wanted_variants(have_x: bool, have_e: bool) -> list[str]:
     return (["xanes"] if have_x else ["exafs"]) + ["both"]
 
 
+def saw_kind(config: dict, kind: str) -> bool:
+    """Whether a model's training rows included spectra of *kind* (XANES/EXAFS). Models registered
+    before ``train_kinds`` was recorded: a network whose input normalisation for the kind is the
+    untouched default (mean 0, std 1) never saw it; otherwise assume it did."""
+    kinds = config.get("train_kinds")
+    if kinds is not None:
+        return int(kinds.get(kind, 0)) > 0
+    norm = config.get("input_norm") or {}
+    mean, std = norm.get(f"{kind.lower()}_mean"), norm.get(f"{kind.lower()}_std")
+    if mean is None or std is None:
+        return True
+    return not (all(v == 0.0 for v in mean) and all(v == 1.0 for v in std))
+
+
 def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xanes: bool, have_exafs: bool,
                measured: bool, arch: str | None = None):
     """The registry entry (members not loaded) best suited to the inputs, or None.
@@ -1253,6 +1269,11 @@ def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xa
         cfg = e.config or {}
         variant = VARIANT_OF.get(e.kind or "")
         if variant not in variants or (arch and e.arch != arch):
+            continue
+        # the input's kinds must include one the model was trained on (an EXAFS-trained "both"
+        # model would read a XANES-only scan through weights that never saw XANES)
+        have = [k for k, h in (("XANES", have_xanes), ("EXAFS", have_exafs)) if h]
+        if not any(saw_kind(cfg, k) for k in have):
             continue
         if e.element is None:
             # an element/edge the universal model never saw would get an untrained embedding
