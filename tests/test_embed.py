@@ -175,6 +175,22 @@ def test_chgnet_embeddings_match_frozen_encoder(embeddings, nacl):
     np.testing.assert_allclose(pooled, embeddings[1][[0, 5, 6, 7]].mean(0), rtol=1e-6)
 
 
+def test_truncated_forward_equals_full_chgnet_call(cu_conv, nacl, cu2o):
+    # atom_features skips CHGNet's layers after atom_fea; it must give exactly what the full call gives
+    from chgnet.model import CHGNet
+
+    model = CHGNet.load(verbose=False).eval()
+    li = Structure(Lattice.cubic(6.0), ["Li"], [[0, 0, 0]])  # one atom, 6 A apart: no angles at all
+    graphs = [model.graph_converter(s) for s in (cu_conv, nacl, cu2o, li)]
+    with torch.no_grad():
+        full = model(graphs, task="e", return_atom_feas=True)["atom_fea"]
+        fast = E.atom_features(model, graphs)
+    assert len(fast) == len(full) == 4
+    for a, b in zip(fast, full):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_chgnet_embedding_cache(tmp_path, monkeypatch, cu_conv, nacl, embeddings):
     calls = []
     def progress(done, total):

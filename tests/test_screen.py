@@ -232,3 +232,25 @@ def test_shipped_models_register_once_and_load(duck, tmp_path):
     assert registry.import_artifacts(other, registry.PRETRAINED_DIR)["added"] == len(metas)
     tasks = {e.task for e in registry.list_models(other)}
     assert {"forward", "cn", "neighbor", "mnnd"} <= tasks
+
+
+def test_batched_exafs_features_equal_per_row_path():
+    # screen featurizes FEFF chi(k) rows in one vectorized pass; it must match inverse.exafs_features
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (k0, k1, n) in enumerate([(0.0, 16.0, 321), (1.95, 12.02, 200), (0.5, 14.0, 90), (0.0, 10.0, 150)]):
+        k = np.linspace(k0, k1, n)
+        rows.append(dict(id=i, kind="EXAFS", k=list(k), chi=list(np.sin(2 * 2.5 * k) * np.exp(-k / 8) + rng.normal(0, 1e-3, n))))
+    rows.append(dict(id=9, kind="EXAFS", k=None, chi=None))  # no chi(k): left to the per-row path
+    rows.append(dict(id=10, kind="XANES", k=None, chi=None))
+    tbl = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.int64()), ("kind", pa.string()),
+                                                       ("k", pa.list_(pa.float64())), ("chi", pa.list_(pa.float64()))]))
+    got = scr._batch_exafs(tbl)
+    assert sorted(got) == [0, 1, 2]  # row 3 stops at k = 10 < 12: not batched (per-row path reports it)
+    for i in got:
+        want = inv.exafs_features(np.asarray(rows[i]["k"]), np.asarray(rows[i]["chi"]))
+        np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(inv.InputError, match="EXAFS range too short"):
+        inv.exafs_features(np.asarray(rows[3]["k"]), np.asarray(rows[3]["chi"]))

@@ -108,6 +108,44 @@ def _write_cached(path: Path, feas: np.ndarray) -> None:
         raise
 
 
+def atom_features(model, graphs) -> list[torch.Tensor]:
+    """CHGNet's atom features before its last convolution, i.e. ``model(graphs,
+    return_atom_feas=True)["atom_fea"]``, without the work that does not feed them: the last bond
+    and angle updates, the last atom convolution, the readout and the composition model (about a
+    third of the forward pass). Mirrors ``CHGNet._compute`` (chgnet 0.3-0.4); tests/test_embed.py
+    checks equality with the full call, and any other model layout takes the full call.
+    """
+    needed = ("atom_embedding", "bond_embedding", "bond_weights_ag", "bond_weights_bg", "angle_embedding",
+              "atom_conv_layers", "bond_conv_layers", "angle_layers", "bond_basis_expansion", "angle_basis_expansion")
+    if not all(hasattr(model, a) for a in needed) or getattr(model, "n_conv", 0) < 2:
+        return list(model(graphs, task="e", return_atom_feas=True)["atom_fea"])
+    from chgnet.model.model import BatchedGraph
+
+    g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
+                                 angle_basis_expansion=model.angle_basis_expansion, compute_stress=False)
+    atoms_per_graph = torch.bincount(g.atom_owners)
+    atom_feas = model.atom_embedding(g.atomic_numbers - 1)
+    bond_feas = model.bond_embedding(g.bond_bases_ag)
+    bond_weights_ag = model.bond_weights_ag(g.bond_bases_ag)
+    has_angles = len(g.angle_bases) != 0
+    if has_angles:
+        bond_weights_bg = model.bond_weights_bg(g.bond_bases_bg)
+        angle_feas = model.angle_embedding(g.angle_bases)
+    layers = list(zip(model.atom_conv_layers[:-1], model.bond_conv_layers, model.angle_layers))
+    for idx, (atom_layer, bond_layer, angle_layer) in enumerate(layers):
+        atom_feas = atom_layer(atom_feas=atom_feas, bond_feas=bond_feas, bond_weights=bond_weights_ag,
+                               atom_graph=g.batched_atom_graph, directed2undirected=g.directed2undirected)
+        if idx == len(layers) - 1:
+            break  # the features are taken here; bond/angle updates after this feed only later layers
+        if has_angles and bond_layer is not None:
+            bond_feas = bond_layer(atom_feas=atom_feas, bond_feas=bond_feas, bond_weights=bond_weights_bg,
+                                   angle_feas=angle_feas, bond_graph=g.batched_bond_graph)
+            if angle_layer is not None:
+                angle_feas = angle_layer(atom_feas=atom_feas, bond_feas=bond_feas, angle_feas=angle_feas,
+                                         bond_graph=g.batched_bond_graph)
+    return list(torch.split(atom_feas, atoms_per_graph.tolist()))
+
+
 def chgnet_site_embeddings(
     structures: Iterable[Any],
     *,
@@ -157,7 +195,7 @@ def chgnet_site_embeddings(
             idx = todo[start : start + batch_size]
             graphs = [model.graph_converter(structures[i]).to(str(dev)) for i in idx]
             with torch.no_grad():
-                feas = model(graphs, task="e", return_atom_feas=True)["atom_fea"]
+                feas = atom_features(model, graphs)
             for i, f in zip(idx, feas):
                 arr = f.detach().cpu().numpy().astype(np.float32)
                 out[i] = arr

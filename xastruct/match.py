@@ -270,26 +270,6 @@ ORDER BY lp.prediction_id
 """
 
 
-def _fetch(conn: sa.Connection, sql: str, params: dict):
-    """Query -> pyarrow Table (DuckDB hands Arrow over directly; other drivers go through rows)."""
-    import pyarrow as pa
-
-    if store.is_duckdb(conn):
-        raw = conn.connection.driver_connection
-        names = [m.group(1) for m in re.finditer(r":(\w+)", sql)]
-        # duckdb uses $name placeholders
-        dsql = re.sub(r":(\w+)", r"$\1", sql)
-        args = {k: params[k] for k in dict.fromkeys(names)}
-        rel = raw.sql(dsql, params=args)
-        # the method's name moved between duckdb releases (arrow -> to_arrow_table)
-        fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "arrow")
-        return fetch()
-    res = conn.execute(sa.text(sql), params)
-    cols = list(res.keys())
-    rows = res.fetchall()
-    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
-
-
 def _state(conn: sa.Connection, against: str, element: str, edge: str) -> tuple:
     """Cheap fingerprint of the candidate rows: the cache is reused while it is unchanged."""
     out = []
@@ -304,21 +284,7 @@ def _state(conn: sa.Connection, against: str, element: str, edge: str) -> tuple:
     return tuple(out)
 
 
-def _lists(tbl, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """list<double> column -> (offsets, flat values) without a Python loop."""
-    import pyarrow as pa
-
-    col = tbl.column(name).combine_chunks()
-    if isinstance(col, pa.ChunkedArray) or pa.types.is_null(col.type):  # no rows (typeless from a DB-API cursor)
-        col = pa.array([], type=pa.list_(pa.float64()))
-    if col.null_count:
-        raise ValueError(f"{name}: unexpected NULL list")
-    offsets = np.asarray(col.offsets, dtype=np.int64)
-    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=float)
-    return offsets, values
-
-
-def _resample_rows(offsets, x, y, grid_x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def resample_rows(offsets, x, y, grid_x: np.ndarray, tol: float, *, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Variable-length rows (x increasing within a row) on one grid, all rows in one np.interp.
 
     Rows are laid end to end on one axis (row r offset by r * span) so a single interp serves all
@@ -329,7 +295,7 @@ def _resample_rows(offsets, x, y, grid_x: np.ndarray, tol: float) -> tuple[np.nd
     lengths = np.diff(offsets)
     ok = lengths >= 2
     if not ok.any():
-        return ok, np.zeros((0, grid_x.size), np.float32)
+        return ok, np.zeros((0, grid_x.size), dtype)
     row_of = np.repeat(np.arange(n), lengths)
     good_pts = np.isfinite(x) & np.isfinite(y)
     inc = np.ones_like(good_pts)
@@ -342,14 +308,14 @@ def _resample_rows(offsets, x, y, grid_x: np.ndarray, tol: float) -> tuple[np.nd
     hi = x[np.maximum(offsets[1:] - 1, 0)] if len(x) else np.zeros(n)
     ok &= (lo <= grid_x[0] + tol) & (hi >= grid_x[-1] - tol)
     if not ok.any():
-        return ok, np.zeros((0, grid_x.size), np.float32)
+        return ok, np.zeros((0, grid_x.size), dtype)
     keep_pts = ok[row_of]
     xs, ys, rows = x[keep_pts], y[keep_pts], row_of[keep_pts]
     span = float(np.max(hi[ok]) - np.min(lo[ok]) + (grid_x[-1] - grid_x[0]) + 10.0)
     kept = np.flatnonzero(ok)
     gx = np.clip(grid_x[None, :], lo[kept, None], hi[kept, None]) + (kept * span)[:, None]
     out = np.interp(gx.ravel(), xs + rows * span, ys).reshape(len(kept), grid_x.size)
-    return ok, out.astype(np.float32)
+    return ok, out.astype(dtype)
 
 
 def _meta(tbl, n: int, kind: str, mask: np.ndarray) -> dict:
@@ -386,23 +352,23 @@ def _load(conn, kind: str, element: str, edge: str, grid: dict, x: np.ndarray, s
         if sources:
             extra = "AND sp.source IN (" + ", ".join(f":src{i}" for i in range(len(sources))) + ")"
             params.update({f"src{i}": s for i, s in enumerate(sources)})
-        tbl = _fetch(conn, _REFERENCE_SQL.format(extra=extra), params)
+        tbl = store.fetch_arrow(conn, _REFERENCE_SQL.format(extra=extra), params)
         n = tbl.num_rows
-        offsets, e = _lists(tbl, "energies")
-        moff, mu = _lists(tbl, "mu")
+        offsets, e = store.list_column(tbl, "energies")
+        moff, mu = store.list_column(tbl, "mu")
         e0 = tbl.column("e0").to_numpy(zero_copy_only=False).astype(float) if n else np.zeros(0)
         if not np.array_equal(offsets, moff):
             raise InputError(f"{element} {edge} spectra", "energies and mu arrays differ in length in some rows",
                              "re-ingest the affected spectra")  # fmt: skip
         rel = e - np.repeat(e0, np.diff(offsets))
-        ok, y = _resample_rows(offsets, rel, mu, x, tol)
+        ok, y = resample_rows(offsets, rel, mu, x, tol)
         if n - ok.sum():
             skipped["reference spectra not covering the grid"] = int(n - ok.sum())
     else:
         params = {"element": element, "edge": edge}
-        tbl = _fetch(conn, _PREDICTED_SQL.format(energies=""), params)
+        tbl = store.fetch_arrow(conn, _PREDICTED_SQL.format(energies=""), params)
         n = tbl.num_rows
-        moff, mu = _lists(tbl, "mu")
+        moff, mu = store.list_column(tbl, "mu")
         col = {c: tbl.column(c).to_numpy(zero_copy_only=False).astype(float) for c in ("n_e", "e_first", "e_last")}
         same_grid = (n == 0 or (np.all(col["n_e"] == x.size) and np.all(np.diff(moff) == x.size)
                                 and np.allclose(col["e_first"], x[0], atol=1e-6)
@@ -411,14 +377,14 @@ def _load(conn, kind: str, element: str, edge: str, grid: dict, x: np.ndarray, s
             ok = np.ones(n, bool)
             y = mu.reshape(n, x.size).astype(np.float32)
         else:  # another grid (a future model): fetch the energies and resample like stored spectra
-            tbl = _fetch(conn, _PREDICTED_SQL.format(energies="p.energies,"), params)
+            tbl = store.fetch_arrow(conn, _PREDICTED_SQL.format(energies="p.energies,"), params)
             n = tbl.num_rows
-            offsets, e = _lists(tbl, "energies")
-            moff, mu = _lists(tbl, "mu")
+            offsets, e = store.list_column(tbl, "energies")
+            moff, mu = store.list_column(tbl, "mu")
             if not np.array_equal(offsets, moff):
                 raise InputError(f"{element} {edge} predictions", "energies and mu differ in length in some rows",
                                  "rerun `xastruct screen` with a model whose rows are whole")  # fmt: skip
-            ok, y = _resample_rows(offsets, e, mu, x, tol)
+            ok, y = resample_rows(offsets, e, mu, x, tol)
         if n - ok.sum():
             skipped["predictions not covering the grid"] = int(n - ok.sum())
     meta = _meta(tbl, n, kind, ok)

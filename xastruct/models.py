@@ -450,10 +450,12 @@ class CHGNetEncoder(ModelIO, nn.Module):
 
     def forward(self, graphs: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
+        from .embed import atom_features  # embed imports this module
+
         graphs = [self._to(g, dev) for g in graphs]
         ctx = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with ctx:
-            feas = self.chgnet(graphs, task="e", return_atom_feas=True)["atom_fea"]
+            feas = atom_features(self.chgnet, graphs)  # skips the layers after atom_fea
         sizes = torch.tensor([f.shape[0] for f in feas], device=dev)
         batch = torch.repeat_interleave(torch.arange(len(feas), device=dev), sizes)
         return torch.cat(feas), batch

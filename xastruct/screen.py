@@ -130,7 +130,7 @@ def _references(conn, site_ids: Sequence[int], edge: str, kind: str) -> dict[int
     cols += [spectra_t.c.energies, spectra_t.c.mu] if kind == "XANES" else [spectra_t.c.k, spectra_t.c.chi]
     q = (sa.select(*cols).where(spectra_t.c.site_id.in_([int(s) for s in site_ids]), spectra_t.c.edge == edge,
                                 spectra_t.c.kind == kind).order_by(spectra_t.c.id))
-    return {r["site_id"]: dict(r) for r in conn.execute(q).mappings()}
+    return {r["site_id"]: r for r in store.arrow_rows(store.fetch_arrow(conn, q))}
 
 
 def _structure(js: str):
@@ -301,6 +301,30 @@ def _featurize_spectrum(r: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
     return xf, ef
 
 
+def _batch_exafs(tbl) -> dict[int, np.ndarray]:
+    """Row index -> EXAFS features for the EXAFS rows with chi(k), resampled in one vectorized pass
+    (same rule as inverse.exafs_features; rows it cannot take are left to the per-row path, which
+    names the problem)."""
+    from .inverse import EXAFS_GRID, EXAFS_KWEIGHT, GRID_TOL_K
+    from .match import resample_rows
+
+    if tbl.num_rows == 0:
+        return {}
+    ko, k, knull = store.list_column(tbl, "k", allow_null=True)
+    co, chi, cnull = store.list_column(tbl, "chi", allow_null=True)
+    kind = np.asarray(tbl.column("kind").to_pylist(), dtype=object)
+    use = (kind == "EXAFS") & ~knull & ~cnull & (np.diff(ko) == np.diff(co))
+    if not use.any():
+        return {}
+    rows = np.flatnonzero(use)
+    pts = np.flatnonzero(np.repeat(use, np.diff(ko)))
+    cpts = np.flatnonzero(np.repeat(use, np.diff(co)))
+    offsets = np.concatenate([[0], np.cumsum(np.diff(ko)[rows])])
+    ok, vals = resample_rows(offsets, k[pts], chi[cpts], EXAFS_GRID, GRID_TOL_K, dtype=float)
+    vals = vals * EXAFS_GRID**EXAFS_KWEIGHT
+    return {int(r): v for r, v in zip(rows[ok], vals)}
+
+
 # the tables an inverse --where filter may use (sites/structures are NULL for measured spectra)
 _INVERSE_FROM = (spectra_t.outerjoin(structures_t, structures_t.c.id == spectra_t.c.structure_id)
                  .outerjoin(sites_t, sites_t.c.id == spectra_t.c.site_id))
@@ -314,12 +338,14 @@ def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) 
     q = (sa.select(*cols).select_from(_INVERSE_FROM)
          .where(spectra_t.c.absorber.in_(list(elements))).order_by(spectra_t.c.id))
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(_where(q, where)).mappings()]
+        tbl = store.fetch_arrow(conn, _where(q, where))
+    rows = store.arrow_rows(tbl)
+    batch = _batch_exafs(tbl)  # FEFF chi(k) rows resampled all at once; the rest row by row
     inp = _Inputs(ref=[], element=[], edge=[], kind=[], measured=[], structure_id=[], site_id=[], xanes=[], exafs=[])
     with _progress(progress_factory, len(rows), "featurize spectra") as advance:
-        for r in rows:
+        for i, r in enumerate(rows):
             try:
-                xf, ef = _featurize_spectrum(r)
+                xf, ef = (None, batch[i]) if i in batch else _featurize_spectrum(r)
             except InputError as exc:
                 reasons[f"spectrum not usable: {exc.problem}"] += 1
                 advance(1)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 from alembic.ddl.impl import DefaultImpl
@@ -174,6 +176,13 @@ def to_arrow(rows: Sequence[dict], table: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def _unique_key(table: str) -> list[str] | None:
+    """The columns of the table's (single) natural-key unique constraint, if it has one."""
+    keys = [[c.name for c in k.columns] for k in metadata.tables[table].constraints
+            if isinstance(k, sa.UniqueConstraint)]
+    return keys[0] if len(keys) == 1 else None
+
+
 def bulk_insert(conn: sa.Connection, table: str, rows: Sequence[dict] | pa.Table) -> int:
     """Insert rows, skipping those whose unique key already exists. Returns rows inserted.
 
@@ -193,10 +202,20 @@ def bulk_insert(conn: sa.Connection, table: str, rows: Sequence[dict] | pa.Table
             select = ", ".join(
                 f'CAST("{c}" AS JSON)' if c in json_cols else f'"{c}"' for c in cols
             )
-            # DuckDB returns the number of rows actually inserted (conflicts excluded).
-            inserted = conn.exec_driver_sql(
-                f"INSERT INTO {table} ({col_list}) SELECT {select} FROM {name} ON CONFLICT DO NOTHING"
-            ).scalar()
+            # DuckDB's ON CONFLICT DO NOTHING costs ~0.1 ms a row (3 s for 26k predictions); an anti
+            # join on the natural key plus in-batch de-duplication does the same in ~50 ms. Safe
+            # because DuckDB has one writer and this runs inside its transaction.
+            ukey = _unique_key(table)
+            if ukey and set(ukey) <= set(cols):
+                on = " AND ".join(f'b."{c}" = t."{c}"' for c in ukey)
+                part = ", ".join(f'b."{c}"' for c in ukey)
+                sql = (f"INSERT INTO {table} ({col_list}) SELECT {select} FROM {name} b "
+                       f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {on}) "
+                       f"QUALIFY row_number() OVER (PARTITION BY {part}) = 1")
+            else:
+                sql = f"INSERT INTO {table} ({col_list}) SELECT {select} FROM {name} ON CONFLICT DO NOTHING"
+            # DuckDB returns the number of rows actually inserted.
+            inserted = conn.exec_driver_sql(sql).scalar()
         finally:
             raw.unregister(name)
         return int(inserted or 0)
@@ -243,6 +262,66 @@ def site_ids(conn: sa.Connection, structure_ids: Iterable[int]) -> dict[tuple[in
         )
         out.update({(s, j): k for s, j, k in conn.execute(q)})
     return out
+
+
+# ------------------------------------------------------------------------------------ Arrow reads
+def fetch_arrow(conn: sa.Connection, query: str | sa.Executable, params: dict | None = None) -> pa.Table:
+    """Query -> pyarrow Table. DuckDB hands Arrow over directly: array columns never become Python
+    lists (9k spectra: 0.1 s instead of 3.7 s through rows); other drivers go through rows.
+
+    `query` is SQL text with :name parameters or a SQLAlchemy select (rendered with literal values).
+    """
+    params = params or {}
+    if is_duckdb(conn):
+        raw = conn.connection.driver_connection
+        if isinstance(query, str):
+            names = [m.group(1) for m in re.finditer(r"(?<!:):(\w+)", query)]
+            dsql = re.sub(r"(?<!:):(\w+)", r"$\1", query)  # duckdb uses $name placeholders
+            rel = raw.sql(dsql, params={k: params[k] for k in dict.fromkeys(names)})
+        else:
+            rel = raw.sql(str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})))
+        # the method's name moved between duckdb releases (arrow -> to_arrow_table)
+        fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "arrow")
+        return fetch()
+    res = conn.execute(sa.text(query) if isinstance(query, str) else query, params)
+    cols = list(res.keys())
+    rows = res.fetchall()
+    return pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)})
+
+
+def list_column(tbl: pa.Table, name: str, *, allow_null: bool = False):
+    """list<double> column -> (offsets, flat values) without a Python loop; with allow_null also a
+    per-row null mask (NULL rows have zero length)."""
+    col = tbl.column(name).combine_chunks()
+    if isinstance(col, pa.ChunkedArray) or pa.types.is_null(col.type):  # no rows / all NULL through rows
+        nulls = np.ones(len(col), bool)
+        col = pa.array([[]] * len(col), type=pa.list_(pa.float64()))
+    else:
+        nulls = col.is_null().to_numpy(zero_copy_only=False)
+    if nulls.any() and not allow_null:
+        raise ValueError(f"{name}: unexpected NULL list")
+    offsets = np.asarray(col.offsets, dtype=np.int64)
+    values = np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=float)
+    values, offsets = values[offsets[0]:offsets[-1]], offsets - offsets[0]
+    if allow_null:
+        return offsets, values, nulls
+    return offsets, values
+
+
+def list_rows(tbl: pa.Table, name: str) -> list:
+    """list<double> column -> one float ndarray (a view into one buffer) or None per row."""
+    offsets, values, nulls = list_column(tbl, name, allow_null=True)
+    return [None if nulls[i] else values[offsets[i]:offsets[i + 1]] for i in range(len(nulls))]
+
+
+def arrow_rows(tbl: pa.Table) -> list[dict]:
+    """Rows of a fetched table as dicts; list<double> columns become float ndarrays (or None)."""
+    data = {}
+    for c in tbl.column_names:
+        t = tbl.schema.field(c).type
+        is_list = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_floating(t.value_type)
+        data[c] = list_rows(tbl, c) if is_list else tbl.column(c).to_pylist()
+    return [dict(zip(data, vals)) for vals in zip(*data.values())]
 
 
 # ------------------------------------------------------------------------------------------- runs
