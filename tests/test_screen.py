@@ -165,19 +165,26 @@ def test_measured_spectrum_without_structure_is_screened(duck, tmp_path):
     assert len(rows) == 3 and all(sid is None for _, sid, _, _ in rows)
 
 
-def test_screen_resumes_after_kill(duck, tmp_path):
-    """kill -9 after the first committed batch; the rerun completes with nothing duplicated."""
-    url, eng, tmp = duck
+def test_screen_resumes_after_kill(db_url, tmp_path, request):
+    """kill -9 after the first committed batches; the rerun completes with nothing duplicated."""
     import shutil
 
-    # a private copy of the store (with its models dir) so the module fixture stays intact
-    store.dispose_engines()
-    src = tmp / "store.duckdb"
-    dst = tmp_path / "store.duckdb"
-    shutil.copy(src, dst)
-    url2 = f"duckdb:///{dst}"
-    with store.get_engine(url2).begin() as c:
-        c.execute(sa.text("DELETE FROM predictions"))
+    if db_url.startswith("duckdb"):
+        # a private copy of the module's store (with its models dir) so the fixture stays intact
+        _, _, tmp = request.getfixturevalue("duck")
+        store.dispose_engines()
+        dst = tmp_path / "store.duckdb"
+        shutil.copy(tmp / "store.duckdb", dst)
+        url2 = f"duckdb:///{dst}"
+        with store.get_engine(url2).begin() as c:
+            c.execute(sa.text("DELETE FROM predictions"))
+    else:  # PostgreSQL: a fresh database with the synthetic store and one forward model
+        import torch
+
+        torch.set_num_threads(1)
+        url2 = db_url
+        build_synthetic_store(url2, n=N)
+        _forward(store.get_engine(url2), tmp_path, seeds=1)
     store.dispose_engines()
     cmd = [sys.executable, "-m", "xastruct.cli", "screen", "--elements", "Cu", "--task", "forward",
            "--batch-size", "1", "--device", "cpu", "--db", url2]
