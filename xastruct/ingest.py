@@ -51,12 +51,15 @@ def content_hash(structure) -> str:
     return hashlib.sha256(b"|".join(parts)).hexdigest()
 
 
+AMU_PER_A3_IN_G_CM3 = 1.66053906660  # 1 amu / A^3 in g/cm^3 (pymatgen's Structure.density, without its unit objects)
+
+
 def structure_row(structure, *, source: str, source_id: str | None, provenance: dict | None) -> dict:
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from .labels import symmetry_dataset
 
     try:
-        sga = SpacegroupAnalyzer(structure, symprec=0.01)
-        sg, sgn = sga.get_space_group_symbol(), sga.get_space_group_number()
+        ds = symmetry_dataset(structure, 0.01)  # shared with the site labels' symmetry orbits
+        sg, sgn = str(ds.international), int(ds.number)
     except Exception:  # spglib can fail on odd cells; the symbol is informative only
         sg, sgn = None, None
     comp = structure.composition
@@ -67,7 +70,7 @@ def structure_row(structure, *, source: str, source_id: str | None, provenance: 
         chemsys=comp.chemical_system,
         n_sites=len(structure),
         volume=float(structure.volume),
-        density=float(structure.density),
+        density=float(comp.weight) / structure.volume * AMU_PER_A3_IN_G_CM3,
         spacegroup=sg,
         spacegroup_number=sgn,
         content_hash=content_hash(structure),

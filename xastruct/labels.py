@@ -384,14 +384,23 @@ def _neighbors_with_fallback(structure: Any, index: int, method: str) -> tuple[l
 # ----------------------------------------------------------------------------------------------
 
 
+def symmetry_dataset(structure: Any, symprec: float = 0.01):
+    """spglib's dataset with SpacegroupAnalyzer's tolerances, remembered on the structure object
+    (ingest needs it twice per structure: space group for the row, orbits for the labels)."""
+    memo = structure.__dict__.setdefault("_xastruct_spglib", {})
+    if symprec not in memo:
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        memo[symprec] = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    return memo[symprec]
+
+
 def _equivalent_sites(structure: Any, symprec: float | None) -> tuple[list[int], str]:
     n = len(structure)
     if symprec is None:
         return list(range(n)), "symmetry=off"
     try:
-        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-        orbit = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset().equivalent_atoms
+        orbit = symmetry_dataset(structure, symprec).equivalent_atoms
     except Exception as exc:  # spglib gives up on some (e.g. overlapping-atom) cells
         return list(range(n)), f"symmetry=none(spglib failed: {type(exc).__name__})"
     first: dict[int, int] = {}
