@@ -26,6 +26,12 @@ def test_covers_at_least_75_absorbing_elements_from_the_file():
                   .to_pylist())
     assert len(exafs_k - NOBLE) >= 75, sorted(exafs_k)
     assert set(pc.unique(sp["source"]).to_pylist()) <= {"feff8l", "feff10"}
+    # FEFF10 XANES: all 3d metals (K) and a spread of main-group K and heavy L3 edges, >= 25 elements
+    xanes = sp.filter(pc.equal(sp["kind"], "XANES"))
+    xanes_k = set(pc.unique(xanes.filter(pc.equal(xanes["edge"], "K"))["absorber"]).to_pylist())
+    assert {"Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn"} <= xanes_k, sorted(xanes_k)
+    assert len(set(pc.unique(xanes["absorber"]).to_pylist())) >= 25
+    assert set(pc.unique(xanes["edge"]).to_pylist()) == {"K", "L3"}
 
 
 def test_every_spectrum_links_to_a_labelled_site_and_has_provenance():
