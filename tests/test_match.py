@@ -65,7 +65,7 @@ def write_xmu(path: Path, energies, mu, e0: float, *, shift: float = 0.0) -> Pat
     return path
 
 
-def add_predictions(url, *, perturb_structure: int | None = None) -> int:
+def add_predictions(url, *, perturb_structure: int | None = None, version: int = 1) -> int:
     """A forward `models` row plus one prediction per stored Cu XANES site spectrum, on the model grid,
     following the screen contract (energies = grid E - E0, mu = predicted normalized mu)."""
     eng = store.get_engine(url)
@@ -73,8 +73,8 @@ def add_predictions(url, *, perturb_structure: int | None = None) -> int:
     with eng.begin() as conn:
         model_id = conn.execute(sa.text(
             "INSERT INTO models (name, task, element, edge, kind, arch, version, grid) VALUES "
-            "('forward/Cu/K/XANES/xastruct/v1', 'forward', 'Cu', 'K', 'XANES', 'xastruct', 1, :g) RETURNING id"
-        ), {"g": json.dumps(m.GRID)}).scalar_one()  # fmt: skip
+            "(:n, 'forward', 'Cu', 'K', 'XANES', 'xastruct', :v, :g) RETURNING id"
+        ), {"g": json.dumps(m.GRID), "n": f"forward/Cu/K/XANES/xastruct/v{version}", "v": version}).scalar_one()  # fmt: skip
     rows = []
     for r in stored_spectra(url):
         y = np.interp(x, np.asarray(r["energies"]) - r["e0"], np.asarray(r["mu"]))
@@ -307,6 +307,11 @@ def test_rerun_inserts_nothing_twice(db_url, tree, tmp_path):
                                 "ORDER BY rank")).all()  # fmt: skip
     assert [g[0] for g in got] == list(range(1, 8)) and got[0][2] == pytest.approx(1.0, abs=2e-3)
     assert got[0][4] == str(f)
+    # the candidate set changes (a newer model's predictions): the ranks are a new result, stored once
+    add_predictions(db_url, version=2)
+    changed = m.match(eng, q, against="all", top=5)
+    assert changed.inserted == 5 and count(db_url, "matches") == 17
+    assert m.match(eng, q, against="all", top=5).inserted == 0
 
 
 def test_cli_end_to_end(tree, tmp_path):

@@ -216,6 +216,7 @@ class Candidates:
     source_id: np.ndarray  # (N,) object
     origin: np.ndarray  # (N,) object: spectrum source (feff9, ...) or model name
     skipped: dict = field(default_factory=dict)
+    state: str = ""  # fingerprint of the candidate rows (count, max ids): part of the matches key
     _prepared: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -223,7 +224,7 @@ class Candidates:
         return int(self.y.shape[0])
 
     def subset(self, mask: np.ndarray) -> Candidates:
-        kw = {f: getattr(self, f) for f in ("element", "edge", "grid", "x", "skipped")}
+        kw = {f: getattr(self, f) for f in ("element", "edge", "grid", "x", "skipped", "state")}
         for f in ("y", "candidate", "spectrum_id", "prediction_id", "structure_id", "site_id", "site_index",
                   "formula", "source_id", "origin"):
             kw[f] = getattr(self, f)[mask]
@@ -428,6 +429,7 @@ def load_candidates(
         kinds = ["reference", "predicted"] if against == "all" else [against]
         parts = [_load(conn, k, element, edge, grid, x, sources) for k in kinds]
     cands = Candidates.concat(parts)
+    cands.state = json.dumps([list(map(str, t)) for t in state] + [sorted(sources or ())])
     if cache:
         _CACHE[key] = (state, cands)
     return cands
@@ -574,6 +576,7 @@ class MatchResult:
     seconds: dict
     skipped: dict
     inserted: int = 0
+    candidate_state: str = ""
 
     def as_dict(self) -> dict:
         q = self.query
@@ -586,9 +589,12 @@ class MatchResult:
         }  # fmt: skip
 
 
-def match_key(query: Query, *, metric: str, against: str, shift_range: float, candidate: str, cand_id: int) -> str:
+def match_key(query: Query, *, metric: str, against: str, shift_range: float, candidate: str, cand_id: int,
+              candidate_state: str = "") -> str:
+    """Same query, settings and candidate set -> same key (a rerun adds nothing); once the candidate
+    rows change (new spectra or predictions) the ranks differ, so the key does too."""
     blob = json.dumps([query.sha256, query.element, query.edge, metric, against, round(float(shift_range), 6),
-                       candidate, int(cand_id)])  # fmt: skip
+                       candidate, int(cand_id)] + ([candidate_state] if candidate_state else []))  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -636,7 +642,8 @@ def match(
         })  # fmt: skip
     res = MatchResult(query=query, metric=metric, against=against, shift_range=float(shift_range),
                       n_candidates=cands.n, rows=rows, window=info["window"], skipped=dict(cands.skipped),
-                      seconds={"load": round(t1 - t0, 4), "score": round(t2 - t1, 4)})  # fmt: skip
+                      seconds={"load": round(t1 - t0, 4), "score": round(t2 - t1, 4)},
+                      candidate_state=cands.state)  # fmt: skip
     if write:
         res.inserted = write_matches(engine, res, run_id=run_id)
     return res
@@ -650,7 +657,7 @@ def write_matches(engine: sa.Engine, res: MatchResult, *, run_id: int | None = N
         cid = r["spectrum_id"] if r["candidate"] == "reference" else r["prediction_id"]
         rows.append(dict(
             key=match_key(q, metric=res.metric, against=res.against, shift_range=res.shift_range,
-                          candidate=r["candidate"], cand_id=cid),
+                          candidate=r["candidate"], cand_id=cid, candidate_state=res.candidate_state),
             query=q.name, query_hash=q.sha256, element=q.element, edge=q.edge, metric=res.metric,
             against=res.against, rank=r["rank"], candidate=r["candidate"], spectrum_id=r["spectrum_id"],
             prediction_id=r["prediction_id"], structure_id=r["structure_id"], site_id=r["site_id"],
