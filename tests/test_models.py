@@ -341,6 +341,17 @@ def test_mnnd_trains_and_beats_mean_predictor():
     assert mse < 0.05 * baseline, (mse, baseline)
 
 
+def test_mnnd_shared_energy_grid_shortcut_is_exact():
+    # at inference identical energy rows are embedded once; the result must equal per-row passes
+    _seed(5)
+    x, _ = _synthetic_spectra(16, seed=4)
+    model = M.MNNDRegressor(n_xanes=40, n_exafs=32, d_embed=32, channels=8, d_hidden=64).eval()
+    with torch.no_grad():
+        fast = model(**x).mean  # EXAFS energies are one shared grid: shortcut taken
+        per_row = torch.stack([model(**{k: v[i:i + 1] for k, v in x.items()}).mean[0] for i in range(16)])
+    torch.testing.assert_close(fast, per_row, atol=1e-5, rtol=1e-5)
+
+
 def test_mnnd_variance_head_element_edge_and_missing_kinds():
     _seed(3)
     x, y = _synthetic_spectra(16, seed=3)

@@ -856,7 +856,14 @@ class MNNDRegressor(ModelIO, nn.Module):
 
     @staticmethod
     def _kind_features(e_mlp, mu_mlp, conv):
-        return lambda e, mu: conv(e_mlp(e), mu_mlp(mu))
+        def features(e, mu):
+            # Spectra on one shared grid have identical energy rows: at inference embed that row once
+            # (half the embedding work of the model). Training keeps per-row passes (dropout).
+            if not e_mlp.training and e.shape[0] > 1 and bool((e == e[:1]).all()):
+                return conv(e_mlp(e[:1]).expand(e.shape[0], -1), mu_mlp(mu))
+            return conv(e_mlp(e), mu_mlp(mu))
+
+        return features
 
     def forward(
         self,
