@@ -1,6 +1,6 @@
 """Cu K XANES forward models scored the way OmniXAS (Kharel et al. 2024) scores them: eta.
 
-    .venv/bin/python benchmarks/bench_eta.py [--seeds 3] [--archs xastruct,mlp] [--threads 2]
+    .venv/bin/python benchmarks/bench_eta.py [--seeds 3] [--archs xastruct,xastruct:pool=absorber:dropout=0.2,mlp]
 
 eta = median over held-out spectra of the per-spectrum MSE of the training-mean spectrum, divided
 by the same median for the model (higher is better; 1 = no better than the mean).
@@ -101,7 +101,7 @@ def xmu_paths(eng, spectrum_ids) -> dict[int, Path]:
     return out
 
 
-def speed(data, members_fn, n: int, threads: int) -> dict:
+def speed(data, members_fn, n: int, threads: int, pool: str) -> dict:
     """ms per structure from pymatgen Structure to predicted spectrum, no caches, batched."""
     from xastruct.embed import chgnet_site_embeddings, pooled_embedding
     from xastruct.train import crystalnn_neighbors
@@ -116,8 +116,8 @@ def speed(data, members_fn, n: int, threads: int) -> dict:
     t0 = time.perf_counter()
     feas = chgnet_site_embeddings(structs, device="cpu", cache_dir=None, batch_size=32)
     t1 = time.perf_counter()
-    z = np.stack([pooled_embedding(f, None, first_site[s], neighbors=crystalnn_neighbors(data.structures[s], first_site[s])[0])
-                  for f, s in zip(feas, sids)]).astype(np.float32)
+    z = np.stack([pooled_embedding(f, None, first_site[s], neighbors=crystalnn_neighbors(data.structures[s], first_site[s])[0],
+                                   pool=pool) for f, s in zip(feas, sids)]).astype(np.float32)
     t2 = time.perf_counter()
     with torch.no_grad():
         members_fn(torch.from_numpy(z))
@@ -131,7 +131,8 @@ def speed(data, members_fn, n: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default="duckdb:////tmp/bench_eta/cu.duckdb", help="scratch store (filled on first use)")
-    ap.add_argument("--archs", default="xastruct,mlp")
+    ap.add_argument("--archs", default="xastruct:pool=absorber:dropout=0.2,xastruct,xastruct:pool=concat:dropout=0.2,mlp",
+                    help="comma list of arch[:pool=...][:dropout=...] (as bench_forward.py); the first is timed")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2000)
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "eta_cu.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from bench_forward import _variants
     from xastruct import ingest, store, train
 
     torch.set_num_threads(args.threads)
@@ -175,9 +177,11 @@ def main() -> None:
     groups = {"filtered": data.structure_ids[test_f], "all": data.structure_ids[test_all]}
     rows = []
     ens_models = {}
-    for arch in args.archs.split(","):
-        cfg = train.TrainConfig(arch=arch, seeds=args.seeds, epochs=args.epochs, patience=args.patience,
-                                lr=1e-4, device="cpu", num_threads=args.threads).resolved()
+    variants = _variants(args.archs)
+    for arch, dropout, pool in variants:
+        name = f"{arch}, pool {pool}, dropout {dropout:g}"
+        cfg = train.TrainConfig(arch=arch, seeds=args.seeds, epochs=args.epochs, patience=args.patience, lr=1e-4,
+                                device="cpu", num_threads=args.threads, pool=pool, dropout=dropout).resolved()
         preds, fits, members = [], [], []
         for seed in range(args.seeds):
             t = time.perf_counter()
@@ -189,23 +193,24 @@ def main() -> None:
             preds.append(p)
             members.append(model.eval())
             fits.append(f"{fit['epochs_run']} ({fit['best_epoch']})")
-            print(f"{arch} seed {seed}: {time.perf_counter() - t:.0f} s, {fits[-1]}", flush=True)
-        ens_models[arch] = members
+            print(f"{name} seed {seed}: {time.perf_counter() - t:.0f} s, {fits[-1]}", flush=True)
+        ens_models[name] = members
         sub = np.isin(test_all, test_f)
         for label, p in [(f"seed {i}", q) for i, q in enumerate(preds)] + [(f"{len(preds)}-seed ensemble", np.mean(preds, 0))]:
             m_all = ((p - y[test_all]) ** 2).mean(1)
             m_f = m_all[sub]
-            rows.append(dict(arch=arch, member=label, fits=", ".join(fits) if "ensemble" in label else fits[int(label.split()[1])],
+            rows.append(dict(arch=name, member=label, fits=", ".join(fits) if "ensemble" in label else fits[int(label.split()[1])],
                              eta_f=eta(base_mse["filtered"], m_f), ci_f=bootstrap_eta(base_mse["filtered"], m_f, groups["filtered"]),
                              eta_a=eta(base_mse["all"], m_all), ci_a=bootstrap_eta(base_mse["all"], m_all, groups["all"]),
                              mse_f=float(np.median(m_f))))
     # speed of the first arch's ensemble, from structures with nothing cached
-    first = args.archs.split(",")[0]
+    first_arch, _, first_pool = variants[0]
+    first = next(iter(ens_models))
 
     def run_members(z):
         return [m(z) for m in ens_models[first]]
 
-    sp = speed(data, run_members, args.speed_structures, args.threads)
+    sp = speed(data, run_members, args.speed_structures, args.threads, first_pool)
     f10 = RESULTS / "feff10_vs_feff9.jsonl"
     feff_s = [json.loads(line)["seconds"] for line in f10.read_text().splitlines() if line.strip()] if f10.exists() else []
     feff_med = statistics.median(feff_s) if feff_s else None
@@ -226,11 +231,11 @@ def main() -> None:
         "eta = median per-spectrum MSE of the training-mean spectrum / the model's; [95% bootstrap interval over "
         "held-out materials].",
         "",
-        "| model | member | epochs run (best) | eta, filtered test | eta, all test |",
+        "| model (frozen CHGNet) | member | epochs run (best) | eta, filtered test | eta, all test |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['arch']} (frozen CHGNet) | {r['member']} | {r['fits']} | {r['eta_f']:.2f} "
+        lines.append(f"| {r['arch']} | {r['member']} | {r['fits']} | {r['eta_f']:.2f} "
                      f"[{r['ci_f'][0]:.2f}, {r['ci_f'][1]:.2f}] | {r['eta_a']:.2f} [{r['ci_a'][0]:.2f}, {r['ci_a'][1]:.2f}] |")
     lines += [
         "",
@@ -239,7 +244,7 @@ def main() -> None:
         "",
         "## Prediction cost from a structure (same run)",
         "",
-        f"{sp['n']} test structures ({sp['atoms_mean']:.0f} atoms on average), nothing cached, torch threads "
+        f"Model: {first}. {sp['n']} test structures ({sp['atoms_mean']:.0f} atoms on average), nothing cached, torch threads "
         f"{args.threads}, batched 32: CHGNet graph + embeddings {sp['chgnet_ms']:.1f} ms, first-shell search "
         f"(CrystalNN) {sp['shell_ms']:.1f} ms, {len(ens_models[first])}-member head {sp['head_ms']:.2f} ms; "
         f"**total {sp['total_ms']:.1f} ms per structure** (target < 20 ms).",

@@ -59,7 +59,8 @@ def _pm(summary: dict, metric: str, fmt: str) -> str:
 def _key(arch: str, cfg: dict) -> tuple:
     """What makes two registered models the same benchmark row."""
     return (arch, float(cfg.get("dropout") or 0.0), cfg.get("lr"), cfg.get("epochs"), cfg.get("patience"),
-            cfg.get("max_minutes"), cfg.get("seeds") if cfg.get("mode") != "mean" else 1)  # fmt: skip
+            cfg.get("max_minutes"), cfg.get("seeds") if cfg.get("mode") != "mean" else 1,
+            cfg.get("pool", "mean"))  # fmt: skip
 
 
 def _rows(eng, fingerprint: str, split_seed: int) -> list:
@@ -106,9 +107,9 @@ def render(eng, path: Path, data, split_seed: int) -> None:
         "Metrics on the test materials, mean ± std (sample std) over seeds: MAE / RMSE of normalized mu over "
         "all grid points, cosine similarity per spectrum, |main-peak position error| in eV.",
         "",
-        "| model | encoder | head | dropout | seeds | lr | epochs run (best) per seed | test MAE | test RMSE | cosine "
+        "| model | encoder | pool | head | dropout | seeds | lr | epochs run (best) per seed | test MAE | test RMSE | cosine "
         "| peak err (eV) | s / seed | registry name |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     capped = False
     for e in entries:
@@ -124,7 +125,7 @@ def render(eng, path: Path, data, split_seed: int) -> None:
         s = e.metrics["summary"]
         run = trained_by.get(e.name)
         lines.append(
-            f"| {name} | {enc} | {head} | {cfg.get('dropout') or 0:g} | {e.metrics['n_seeds']} | "
+            f"| {name} | {enc} | {cfg.get('pool', 'mean') if cfg.get('mode') == 'pooled' else '-'} | {head} | {cfg.get('dropout') or 0:g} | {e.metrics['n_seeds']} | "
             f"{cfg['lr'] if fits else '-'} | {', '.join(marks) or '-'} | {_pm(s, 'mae', '.4f')} | {_pm(s, 'rmse', '.4f')} | "
             f"{_pm(s, 'cosine', '.4f')} | {_pm(s, 'peak_error', '.2f')} | {secs} | {e.name}{f' (run {run})' if run else ''} |"
         )  # fmt: skip
@@ -157,17 +158,18 @@ def render(eng, path: Path, data, split_seed: int) -> None:
     path.write_text("\n".join(lines))
 
 
-def _variants(spec: str) -> list[tuple[str, float]]:
-    """"xastruct,xastruct:dropout=0.2,gcn" -> [("xastruct", 0.0), ("xastruct", 0.2), ("gcn", 0.0)]."""
+def _variants(spec: str) -> list[tuple[str, float, str]]:
+    """"xastruct,xastruct:dropout=0.2:pool=absorber,gcn" -> [("xastruct", 0.0, "mean"),
+    ("xastruct", 0.2, "absorber"), ("gcn", 0.0, "mean")]."""
     out = []
     for item in (a.strip() for a in spec.split(",")):
         if not item:
             continue
-        arch, _, opt = item.partition(":")
-        dropout = float(opt.split("=", 1)[1]) if opt.startswith("dropout=") else 0.0
+        arch, *opts = item.split(":")
+        kv = dict(o.split("=", 1) for o in opts)
         if arch not in LABELS:
             raise SystemExit(f"unknown arch {arch!r}; choose from {ALL_ARCHS}")
-        out.append((arch, dropout))
+        out.append((arch, float(kv.get("dropout", 0.0)), kv.get("pool", "mean")))
     return out
 
 
@@ -205,18 +207,18 @@ def main() -> None:
     out = Path(args.out)
     with store.run_record(eng, "bench forward", {"argv": sys.argv[1:]}) as summary:
         summary["models"] = []
-        for arch, dropout in variants:
+        for arch, dropout, pool in variants:
             gnn = train.ARCHS[arch][0] == "graph"
             cfg = train.TrainConfig(
                 arch=arch, seeds=args.seeds, split_seed=args.split_seed, device=args.device, num_threads=args.threads,
                 lr=args.gnn_lr if gnn else args.lr, dropout=dropout,
                 epochs=args.gnn_epochs if gnn else args.pooled_epochs,
                 patience=None if gnn else args.pooled_patience,
-                max_minutes=args.gnn_minutes if gnn else None,
+                max_minutes=args.gnn_minutes if gnn else None, pool=pool,
             )  # fmt: skip
             have = {_key(e.arch, e.config): e for e in _rows(eng, data.fingerprint(), args.split_seed)}
             if not args.retrain and _key(arch, cfg.resolved()) in have:
-                print(f"{arch} dropout {dropout}: already registered as {have[_key(arch, cfg.resolved())].name}", flush=True)
+                print(f"{arch} dropout {dropout} pool {pool}: already registered as {have[_key(arch, cfg.resolved())].name}", flush=True)
                 continue
             t = time.perf_counter()
 

@@ -4,6 +4,7 @@ plus the grid, split and metric helpers on synthetic inputs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -192,6 +193,23 @@ def test_gnn_baseline_runs_one_epoch_and_predicts(tiny, trained):
     sid = int(data.structure_ids[0])
     p = train.predict_sites(e, data.structures[sid], [int(data.site_indices[0])], device="cpu")
     assert p.shape == (1, 1, 141) and np.all(np.isfinite(p))
+
+
+@pytest.mark.parametrize("pool,width", [("absorber", 64), ("concat", 128)])
+def test_pool_option_trains_registers_and_predicts_the_same_after_reload(tiny, trained, pool, width):
+    res = _train(tiny, "--pool", pool, "--epochs", 3, "--seeds", 1)
+    name = re.search(r"registered (forward/Cu/K/XANES/xastruct/v\d+)", res.output).group(1)
+    e = registry.load(trained["eng"], name, device="cpu")
+    assert e.config["pool"] == pool and e.members[0].head.d_embed == width
+    data = train.load_forward_data(trained["eng"], element="Cu")
+    test = set(json.loads((Path(e.artifact) / "split.json").read_text())["test"])
+    rows = [i for i, s in enumerate(data.structure_ids.tolist()) if data.hashes[s] in test]
+    preds = np.stack([train.predict_sites(e, data.structures[int(data.structure_ids[i])], [int(data.site_indices[i])],
+                                          device="cpu")[0, 0] for i in rows])
+    got = train.spectrum_metrics(preds, data.y[rows], data.x)
+    assert got["mae"] == pytest.approx(e.metrics["ensemble"]["test"]["mae"], abs=1e-5)
+    bad = run(["train", "forward", "--element", "Cu", "--arch", "gcn", "--pool", "absorber", "--db", tiny["url"]], ok=False)
+    assert bad.exit_code == 1 and "frozen-encoder archs only" in bad.output
 
 
 def test_finetune_gets_gradients_into_chgnet(tiny, trained):

@@ -278,6 +278,14 @@ def absorber_mask(
     return mask
 
 
+#: Site pooling of the frozen-encoder models: "mean" = mean over the absorber and its first shell
+#: (the paper's pooling); "absorber" = the absorber's own row; "concat" = [absorber, mean of the
+#: first shell] (2 x d). On Cu K XANES (FEFF 9, validation materials) absorber-only beat the mean
+#: by a wide margin (benchmarks/bench_eta.py): the absorber's row already carries its environment
+#: after CHGNet's message passing, and averaging dilutes its identity (oxidation state, edge shift).
+POOLS = ("mean", "absorber", "concat")
+
+
 def pooled_embedding(
     atom_feas: np.ndarray,
     structure: Any,
@@ -285,17 +293,25 @@ def pooled_embedding(
     *,
     neighbors: Sequence[Any] | None = None,
     scale: float = 1.2,
+    pool: str = "mean",
 ) -> np.ndarray:
-    """Mean of *atom_feas* rows over the absorber and its first shell (see :func:`absorber_mask`).
-
-    *structure* may be None when *neighbors* is given (the row count is then the atom count).
-    """
+    """The site's input vector from *atom_feas* rows (see :data:`POOLS`; first shell as in
+    :func:`absorber_mask`). *structure* may be None when *neighbors* is given."""
     atom_feas = np.asarray(atom_feas)
     n = len(structure) if structure is not None else atom_feas.shape[0]
     if atom_feas.shape[0] != n:
         raise ValueError(f"atom_feas has {atom_feas.shape[0]} rows for a {n}-atom structure")
+    if pool not in POOLS:
+        raise InputError("--pool", f"unknown pooling {pool!r}", f"choose from {', '.join(POOLS)}")
+    if pool == "absorber":
+        return atom_feas[site_index].copy()
     mask = absorber_mask(structure if neighbors is None else n, site_index, neighbors=neighbors, scale=scale)
-    return atom_feas[mask].mean(axis=0)
+    if pool == "mean":
+        return atom_feas[mask].mean(axis=0)
+    shell = mask.copy()
+    shell[site_index] = False
+    rest = atom_feas[shell].mean(axis=0) if shell.any() else atom_feas[site_index]  # one-atom cell: itself
+    return np.concatenate([atom_feas[site_index], rest])
 
 
 # ----------------------------------------------------------------------------------------------

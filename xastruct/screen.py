@@ -222,7 +222,8 @@ def screen_forward(
                     for sid, _site_id, idx in items:
                         if (sid, idx) not in nbr_cache:
                             nbr_cache[(sid, idx)] = crystalnn_neighbors(structs[sid], idx)[0]
-                        z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache[(sid, idx)]))
+                        z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache[(sid, idx)],
+                                                  pool=entry.config.get("pool", "mean")))
                     zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
                     with torch.no_grad():
                         out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)

@@ -452,13 +452,14 @@ def _unique_structures(data: ForwardData) -> list[int]:
 
 def chgnet_pooled(
     data: ForwardData, *, cache_dir: str | Path | None = None, device: str = "auto",
-    progress: Callable[[int, int], Any] | None = None, num_threads: int | None = None,
+    progress: Callable[[int, int], Any] | None = None, num_threads: int | None = None, pool: str = "mean",
 ) -> np.ndarray:  # fmt: skip
-    """(n, 64) frozen CHGNet atom features averaged over each site's absorber + first shell."""
+    """Frozen CHGNet atom features pooled per site (embed.POOLS): (n, 64), or (n, 128) for concat."""
     from .embed import chgnet_site_embeddings, pooled_embedding
 
-    if "chgnet_pooled" in data.cache:
-        return data.cache["chgnet_pooled"]
+    key = "chgnet_pooled" if pool == "mean" else f"chgnet_pooled:{pool}"
+    if key in data.cache:
+        return data.cache[key]
     nbrs = site_neighbors(data, cache_dir=cache_dir)
     sids = _unique_structures(data)
     feas = chgnet_site_embeddings(
@@ -467,10 +468,10 @@ def chgnet_pooled(
     )  # fmt: skip
     by_sid = dict(zip(sids, feas))
     z = np.stack([
-        pooled_embedding(by_sid[s], None, i, neighbors=nb)
+        pooled_embedding(by_sid[s], None, i, neighbors=nb, pool=pool)
         for s, i, nb in zip(data.structure_ids.tolist(), data.site_indices.tolist(), nbrs)
     ]).astype(np.float32)  # fmt: skip
-    data.cache["chgnet_pooled"] = z
+    data.cache[key] = z
     return z
 
 
@@ -577,6 +578,7 @@ class TrainConfig:
     d_hidden: int = 256
     n_layers: int = 3
     dropout: float = 0.0
+    pool: str = "mean"  # frozen-encoder site pooling: mean | absorber | concat (embed.POOLS)
     encoder_lr_scale: float = 0.1  # fine-tuning: pretrained CHGNet moves 10x slower than the head
     max_minutes: float | None = None  # wall-clock cap per seed (CPU runs of the graph models)
     keep_last: bool = False  # no early stopping: run all epochs, keep the last weights (tiny/noisy val sets)
@@ -588,6 +590,13 @@ class TrainConfig:
             raise InputError("--arch", f"unknown arch {self.arch!r}", f"choose from {', '.join(ARCHS)}")
         if self.seeds < 1:
             raise InputError("--seeds", f"must be >= 1, got {self.seeds}")
+        from .embed import POOLS
+
+        if self.pool not in POOLS:
+            raise InputError("--pool", f"unknown pooling {self.pool!r}", f"choose from {', '.join(POOLS)}")
+        if self.pool != "mean" and (self.finetune or ARCHS[self.arch][0] != "pooled"):
+            raise InputError("--pool", f"{self.pool!r} applies to the frozen-encoder archs only",
+                             "the graph and fine-tuned models pool by the mean over absorber + first shell")
         if self.finetune and ARCHS[self.arch][0] != "pooled":
             raise InputError("--finetune", f"does not apply to --arch {self.arch}",
                              "it fine-tunes CHGNet: use it with xastruct/sgmlp_relu/sgmlp_linear/mlp")  # fmt: skip
@@ -743,7 +752,8 @@ def _build(cfg: dict, data: ForwardData, train_idx: np.ndarray, *, cache_dir, de
     head_kw = dict(n_out=data.grid["n"], d_hidden=cfg["d_hidden"], n_layers=cfg["n_layers"], arch=head_arch,
                    dropout=cfg["dropout"])  # fmt: skip
     if mode in ("pooled", "finetune"):
-        z = chgnet_pooled(data, cache_dir=cache_dir, device=device, progress=progress, num_threads=cfg["num_threads"])
+        z = chgnet_pooled(data, cache_dir=cache_dir, device=device, progress=progress, num_threads=cfg["num_threads"],
+                          pool=cfg.get("pool", "mean") if mode == "pooled" else "mean")
         x_mean = z[train_idx].mean(0)
         x_std = np.maximum(z[train_idx].std(0), 1e-6)  # constant features (tiny sets) stay finite
     if mode == "pooled":
@@ -916,6 +926,8 @@ def _feature_doc(cfg: dict) -> dict:
         return {"input": "none"}
     pool = "mean over absorber + CrystalNN first shell (site indices, periodic images once)"
     if mode == "pooled":
+        pool = {"mean": pool, "absorber": "the absorber's own row",
+                "concat": "[absorber row, mean over the CrystalNN first shell]"}[cfg.get("pool", "mean")]
         return {"input": "pooled", "encoder": "chgnet", "chgnet_model": DEFAULT_MODEL, "layer": "atom_fea", "pool": pool}
     return {"input": "graph", "encoder": "chgnet" if mode == "finetune" else ARCHS[cfg["arch"]][2], "pool": pool}
 
@@ -948,7 +960,9 @@ def predict_sites(
             kw = {"model_name": model_name} if model_name else {}
             feas = chgnet_site_embeddings([structure], device=dev, num_threads=num_threads,
                                           cache_dir=Path(cache_dir) / "chgnet" if cache_dir else None, **kw)[0]  # fmt: skip
-            z = torch.from_numpy(np.stack([pooled_embedding(feas, None, i, neighbors=nb) for i, nb in zip(sites, nbrs)]))
+            pool = entry.config.get("pool", "mean")  # models from before the option pooled by the mean
+            z = torch.from_numpy(np.stack([pooled_embedding(feas, None, i, neighbors=nb, pool=pool)
+                                           for i, nb in zip(sites, nbrs)]))
             return np.stack([m(z).cpu().numpy() for m in members])
         if mode in ("graph", "finetune"):
             from .embed import absorber_mask

@@ -84,6 +84,9 @@ def train_group() -> None:
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout in the head's hidden layers.")
 @click.option("--hidden", type=int, default=256, show_default=True,
               help="Width of the head's hidden layers (64 keeps shipped models small).")
+@click.option("--pool", type=click.Choice(["mean", "absorber", "concat"]), default="mean", show_default=True,
+              help="Site pooling of the frozen CHGNet features: mean over absorber + first shell (the paper's), "
+                   "the absorber's own row, or [absorber, first-shell mean]. README: which wins where.")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
 @click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -98,8 +101,8 @@ def train_group() -> None:
               help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
 @db_option
 def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay, batch_size,
-            dropout, hidden, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir, cache_dir,
-            db):  # fmt: skip
+            dropout, hidden, pool, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir,
+            cache_dir, db):  # fmt: skip
     """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
     from .. import train as tr
 
@@ -109,7 +112,7 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
     config = tr.TrainConfig(
         arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, d_hidden=hidden, max_minutes=max_minutes, keep_last=keep_last,
-        device=device, num_threads=threads,
+        device=device, num_threads=threads, pool=pool,
     )  # fmt: skip
     if all_:
         targets = tr.available_datasets(eng, min_spectra=min_spectra, min_materials=min_materials)
