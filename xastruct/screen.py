@@ -483,37 +483,41 @@ def screen_inverse(
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
                 table = _table(inp, part)
-                rows = []
-                base = [dict(model_id=mid, task=task, element=inp.element[i], edge=inp.edge[i], kind=inp.kind[i],
-                             target=target, structure_id=inp.structure_id[i], site_id=inp.site_id[i],
-                             spectrum_id=None if closed_loop else inp.ref[i],
-                             input_prediction_id=inp.ref[i] if closed_loop else None,
-                             key=f"{mid}:{target}:{inp.ref[i]}", run_id=run_id) for i in part]
+                n = len(part)
+                # one column per field (no per-row dicts): this loop runs for every screened spectrum
+                cols: dict[str, Any] = dict(
+                    model_id=np.full(n, mid, dtype=np.int64), task=[task] * n, target=[target] * n,
+                    element=[inp.element[i] for i in part], edge=[inp.edge[i] for i in part],
+                    kind=[inp.kind[i] for i in part], structure_id=[inp.structure_id[i] for i in part],
+                    site_id=[inp.site_id[i] for i in part],
+                    spectrum_id=[None] * n if closed_loop else [inp.ref[i] for i in part],
+                    input_prediction_id=[inp.ref[i] for i in part] if closed_loop else [None] * n,
+                    key=[f"{mid}:{target}:{inp.ref[i]}" for i in part], run_id=[run_id] * n,
+                )  # fmt: skip
                 if task == "mnnd":
                     ms, vs = zip(*(_predict_mnnd(m, table, variant, norm) for m in members))
                     ms, vs = np.asarray(ms), np.asarray(vs)
-                    mean = ms.mean(axis=0)
-                    sigma = np.sqrt(np.maximum(vs.mean(axis=0) + ms.var(axis=0), 0.0))
-                    for j, b in enumerate(base):
-                        rows.append(dict(b, value=float(mean[j]), uncertainty=float(sigma[j])))
+                    cols["value"] = ms.mean(axis=0).astype(float)
+                    cols["uncertainty"] = np.sqrt(np.maximum(vs.mean(axis=0) + ms.var(axis=0), 0.0))
                 else:
                     classes = list(cfg.get("classes") or [])
                     proba = np.mean([_predict_classifier(m, table, variant, classes, norm, member_temperature(cfg, k))
                                      for k, m in enumerate(members)], axis=0)
                     best = proba.argmax(axis=1)
-                    for j, b in enumerate(base):
-                        p = {c: round(float(proba[j, c_i]), 4) for c_i, c in enumerate(classes)}
-                        row = dict(b, label=classes[best[j]], probabilities=p,
-                                   uncertainty=float(1.0 - proba[j, best[j]]))
-                        if task == "cn":
-                            vals = np.array([float(c) if c.isdigit() else np.nan for c in classes])
-                            ok = np.isfinite(vals)
-                            row["value"] = float(vals[best[j]]) if ok[best[j]] else None
-                            if ok.any():
-                                pm = proba[j, ok] / max(proba[j, ok].sum(), 1e-12)
-                                mu_cn = float(pm @ vals[ok])
-                                row["uncertainty"] = float(np.sqrt(max(pm @ (vals[ok] - mu_cn) ** 2, 0.0)))
-                        rows.append(row)
+                    cols["label"] = [classes[b] for b in best.tolist()]
+                    cols["probabilities"] = [json.dumps({c: round(v, 4) for c, v in zip(classes, row)}, sort_keys=True)
+                                             for row in proba.tolist()]  # fmt: skip
+                    unc = 1.0 - proba[np.arange(n), best]
+                    if task == "cn":
+                        vals = np.array([float(c) if c.isdigit() else np.nan for c in classes])
+                        ok = np.isfinite(vals)
+                        cols["value"] = [float(vals[b]) if ok[b] else None for b in best.tolist()]
+                        if ok.any():  # spread of the CN distribution over the numeric classes
+                            pm = proba[:, ok] / np.maximum(proba[:, ok].sum(axis=1, keepdims=True), 1e-12)
+                            mu_cn = pm @ vals[ok]
+                            unc = np.sqrt(np.maximum((pm * (vals[ok][None, :] - mu_cn[:, None]) ** 2).sum(axis=1), 0.0))
+                    cols["uncertainty"] = unc.astype(float)
+                rows = store.columns_to_arrow(cols, "predictions")
                 with engine.begin() as conn:
                     res.written += store.bulk_insert(conn, "predictions", rows)
                 if on_commit:

@@ -149,17 +149,24 @@ def _jsonify(value: Any) -> Any:
 
 def to_arrow(rows: Sequence[dict], table: str) -> pa.Table:
     """Rows (dicts) -> Arrow table typed after the schema; JSON columns become JSON text."""
+    names = [c.name for c in metadata.tables[table].columns if any(c.name in r for r in rows[:1])]
+    return columns_to_arrow({n: [r.get(n) for r in rows] for n in names}, table)
+
+
+def columns_to_arrow(columns: dict[str, Any], table: str) -> pa.Table:
+    """Columns (name -> list or 1-D numpy array, all one length) -> Arrow table typed after the
+    schema. Numeric numpy columns go to Arrow without a Python loop; JSON values that are str are
+    taken as JSON text; array columns take lists or ndarrays (None = NULL)."""
     tbl = metadata.tables[table]
-    cols = [c for c in tbl.columns if any(c.name in r for r in rows[:1])]
     arrays, fields = [], []
-    for col in cols:
-        values = [r.get(col.name) for r in rows]
+    for col in (c for c in tbl.columns if c.name in columns):
+        values = columns[col.name]
         t = col.type
         if isinstance(t, sa.JSON):
             values = [_jsonify(v) for v in values]
             typ = pa.string()
         elif isinstance(t, sa.ARRAY):
-            values = [None if v is None else [float(x) for x in v] for v in values]
+            values = [None if v is None else np.asarray(v, dtype=float).tolist() for v in values]
             typ = pa.list_(pa.float64())
         elif isinstance(t, sa.Double):
             typ = pa.float64()
