@@ -158,6 +158,19 @@ def render(eng, path: Path, data, split_seed: int) -> None:
     path.write_text("\n".join(lines))
 
 
+def cu_feff9_store(url: str):
+    """Engine of a scratch store holding the shared Cu K FEFF 9 tree (ingested on first use)."""
+    if url.startswith("duckdb:///"):
+        Path(url[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    eng = store.get_engine(url)
+    with eng.connect() as c:
+        n = c.exec_driver_sql("SELECT count(*) FROM spectra WHERE absorber = 'Cu' AND source = 'feff9'").scalar()
+    if not n:
+        print(f"ingesting {DATA} into {url} ...", flush=True)
+        ingest.ingest_feff(eng, DATA, workers=1)
+    return eng
+
+
 def _variants(spec: str) -> list[tuple[str, float, str]]:
     """"xastruct,xastruct:dropout=0.2:pool=absorber,gcn" -> [("xastruct", 0.0, "mean"),
     ("xastruct", 0.2, "absorber"), ("gcn", 0.0, "mean")]."""
@@ -195,12 +208,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = _variants(args.archs)
 
-    eng = store.get_engine(args.db)
-    with eng.connect() as c:
-        n = c.exec_driver_sql("SELECT count(*) FROM spectra WHERE absorber = 'Cu' AND source = 'feff9'").scalar()
-    if not n:
-        print(f"ingesting {DATA} into {args.db} ...", flush=True)
-        ingest.ingest_feff(eng, DATA, workers=1)
+    eng = cu_feff9_store(args.db)
     t0 = time.perf_counter()
     data = train.load_forward_data(eng, element="Cu", edge="K", kind="XANES", source="feff9")
     print(f"loaded {data.n} spectra in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -219,11 +219,11 @@ def screen_forward(
                     if not items:
                         continue
                     z = []
+                    pool = entry.config.get("pool", "mean")
                     for sid, _site_id, idx in items:
-                        if (sid, idx) not in nbr_cache:
+                        if pool != "absorber" and (sid, idx) not in nbr_cache:  # absorber pooling needs no shell
                             nbr_cache[(sid, idx)] = crystalnn_neighbors(structs[sid], idx)[0]
-                        z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache[(sid, idx)],
-                                                  pool=entry.config.get("pool", "mean")))
+                        z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache.get((sid, idx)), pool=pool))
                     zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
                     with torch.no_grad():
                         out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)
@@ -303,9 +303,10 @@ def _featurize_spectrum(r: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _batch_exafs(tbl) -> dict[int, np.ndarray]:
-    """Row index -> EXAFS features for the EXAFS rows with chi(k), resampled in one vectorized pass
+    """Row index -> EXAFS features for the EXAFS rows with chi(k), resampled in vectorized passes
     (same rule as inverse.exafs_features; rows it cannot take are left to the per-row path, which
-    names the problem)."""
+    names the problem). Rows sharing one k grid (every feff8l run with the same settings) reuse one
+    set of interpolation weights; the rest go through match.resample_rows."""
     from .inverse import EXAFS_GRID, EXAFS_KWEIGHT, GRID_TOL_K
     from .match import resample_rows
 
@@ -314,16 +315,29 @@ def _batch_exafs(tbl) -> dict[int, np.ndarray]:
     ko, k, knull = store.list_column(tbl, "k", allow_null=True)
     co, chi, cnull = store.list_column(tbl, "chi", allow_null=True)
     kind = np.asarray(tbl.column("kind").to_pylist(), dtype=object)
-    use = (kind == "EXAFS") & ~knull & ~cnull & (np.diff(ko) == np.diff(co))
-    if not use.any():
-        return {}
-    rows = np.flatnonzero(use)
-    pts = np.flatnonzero(np.repeat(use, np.diff(ko)))
-    cpts = np.flatnonzero(np.repeat(use, np.diff(co)))
-    offsets = np.concatenate([[0], np.cumsum(np.diff(ko)[rows])])
-    ok, vals = resample_rows(offsets, k[pts], chi[cpts], EXAFS_GRID, GRID_TOL_K, dtype=float)
-    vals = vals * EXAFS_GRID**EXAFS_KWEIGHT
-    return {int(r): v for r, v in zip(rows[ok], vals)}
+    lengths = np.diff(ko)
+    use = (kind == "EXAFS") & ~knull & ~cnull & (lengths == np.diff(co)) & (lengths >= 2)
+    out: dict[int, np.ndarray] = {}
+    weight = EXAFS_GRID**EXAFS_KWEIGHT
+    for n_pts in np.unique(lengths[use]):
+        rows = np.flatnonzero(use & (lengths == n_pts))
+        K = k[ko[rows][:, None] + np.arange(n_pts)]
+        C = chi[co[rows][:, None] + np.arange(n_pts)]
+        kx = K[0]
+        shared = bool((K == kx).all()) and bool(np.isfinite(kx).all()) and bool((np.diff(kx) > 0).all())
+        if shared:
+            if kx[0] > EXAFS_GRID[0] + GRID_TOL_K or kx[-1] < EXAFS_GRID[-1] - GRID_TOL_K:
+                continue  # too short a range: the per-row path says so
+            good = np.isfinite(C).all(axis=1)
+            j = np.clip(np.searchsorted(kx, EXAFS_GRID, side="right") - 1, 0, n_pts - 2)
+            t = np.clip((EXAFS_GRID - kx[j]) / (kx[j + 1] - kx[j]), 0.0, 1.0)  # flat beyond the ends, as np.interp
+            vals = (C[good][:, j] * (1.0 - t) + C[good][:, j + 1] * t) * weight
+            out.update(zip(rows[good].tolist(), vals))
+        else:
+            offsets = np.arange(len(rows) + 1) * n_pts
+            ok, vals = resample_rows(offsets, K.ravel(), C.ravel(), EXAFS_GRID, GRID_TOL_K, dtype=float)
+            out.update(zip(rows[ok].tolist(), vals * weight))
+    return out
 
 
 # the tables an inverse --where filter may use (sites/structures are NULL for measured spectra)
@@ -333,9 +347,18 @@ _FORWARD_FROM = sites_t.join(structures_t, structures_t.c.id == sites_t.c.struct
 
 
 def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) -> _Inputs:
-    cols = [spectra_t.c.id, spectra_t.c.absorber, spectra_t.c.edge, spectra_t.c.kind, spectra_t.c.source,
-            spectra_t.c.normalized, spectra_t.c.energies, spectra_t.c.mu, spectra_t.c.mu_raw, spectra_t.c.k,
-            spectra_t.c.chi, spectra_t.c.structure_id, spectra_t.c.site_id]
+    sp = spectra_t.c
+    # fetch only the arrays the features use (they are most of the bytes): chi(k) rows need no mu(E);
+    # raw mu only matters for measured scans (their chi(k) comes from autobk)
+    has_chi = sa.and_(sp.kind == "EXAFS", sp.k.is_not(None), sp.chi.is_not(None))
+    calculated = sa.or_(sp.source.like("feff%"), sp.source == "mp")
+    cols = [sp.id, sp.absorber, sp.edge, sp.kind, sp.source, sp.normalized,
+            sa.case((has_chi, sa.null()), else_=sp.energies).label("energies"),
+            sa.case((has_chi, sa.null()), else_=sp.mu).label("mu"),
+            sa.case((sa.or_(has_chi, calculated), sa.null()), else_=sp.mu_raw).label("mu_raw"),
+            sa.case((has_chi, sp.k), else_=sa.null()).label("k"),
+            sa.case((has_chi, sp.chi), else_=sa.null()).label("chi"),
+            sp.structure_id, sp.site_id]  # fmt: skip
     q = (sa.select(*cols).select_from(_INVERSE_FROM)
          .where(spectra_t.c.absorber.in_(list(elements))).order_by(spectra_t.c.id))
     with engine.connect() as conn:

@@ -952,7 +952,8 @@ def predict_sites(
     with torch.no_grad():
         if mode == "mean":
             return np.stack([m(len(sites)).cpu().numpy() for m in members])
-        nbrs = [crystalnn_neighbors(structure, i)[0] for i in sites]
+        pool = entry.config.get("pool", "mean")  # models from before the option pooled by the mean
+        nbrs = [None if mode == "pooled" and pool == "absorber" else crystalnn_neighbors(structure, i)[0] for i in sites]
         if mode == "pooled":
             from .embed import chgnet_site_embeddings, pooled_embedding
 
@@ -960,7 +961,6 @@ def predict_sites(
             kw = {"model_name": model_name} if model_name else {}
             feas = chgnet_site_embeddings([structure], device=dev, num_threads=num_threads,
                                           cache_dir=Path(cache_dir) / "chgnet" if cache_dir else None, **kw)[0]  # fmt: skip
-            pool = entry.config.get("pool", "mean")  # models from before the option pooled by the mean
             z = torch.from_numpy(np.stack([pooled_embedding(feas, None, i, neighbors=nb, pool=pool)
                                            for i, nb in zip(sites, nbrs)]))
             return np.stack([m(z).cpu().numpy() for m in members])
