@@ -44,8 +44,9 @@ def test_simulate_resumes_after_kill(tmp_path):
     res = CliRunner().invoke(main, ["ingest", "structures", str(tmp_path / "cifs"), "--db", url])
     assert res.exit_code == 0, res.output
     store.dispose_engines()  # let the subprocess open the DuckDB file
+    # one job per transaction: on an idle machine all 7 jobs can finish inside the default 3 s window
     cmd = [sys.executable, "-m", "xastruct.cli", "simulate", "--elements", ELEMENTS, "--kind", "EXAFS",
-           "--workers", "2", "--db", url]
+           "--workers", "2", "--commit-every", "1", "--db", url]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -309,6 +309,8 @@ def execute(
         if pending:
             for k, v in write_results(engine, pending, run_id=run_id).items():
                 totals[k] += v
+            if on_flush:
+                on_flush(dict(totals))
     finally:
         client.close()
         if cluster is not None:
@@ -334,6 +336,7 @@ def simulate(
     scratch_root: str | None = None,
     progress_factory=None,
     on_flush: Callable[[dict], None] | None = None,
+    flush_every: int = 8,
 ) -> dict:
     """Plan and run: the whole `xastruct simulate` command."""
     info = plan(engine, elements=elements, edge=edge, kind=kind, code=code, params=params, radius=radius,
@@ -347,10 +350,11 @@ def simulate(
             with progress_factory(len(todo), f"{info['code']} {kind} {edge}") as adv:
                 totals = execute(engine, todo, workers=workers, scheduler=scheduler, timeout=timeout,
                                  scratch_root=scratch_root, run_id=summary["run_id"], progress=adv,
-                                 on_flush=on_flush)
+                                 on_flush=on_flush, flush_every=flush_every)
         else:
             totals = execute(engine, todo, workers=workers, scheduler=scheduler, timeout=timeout,
-                             scratch_root=scratch_root, run_id=summary["run_id"], on_flush=on_flush)
+                             scratch_root=scratch_root, run_id=summary["run_id"], on_flush=on_flush,
+                             flush_every=flush_every)
         with engine.connect() as conn:
             skipped = conn.execute(
                 sa.select(sa.func.count()).select_from(jobs_t).where(
