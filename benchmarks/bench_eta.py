@@ -172,7 +172,7 @@ def main() -> None:
     rows = []
     ens_models = {}
     variants = _variants(args.archs)
-    for arch, dropout, pool in variants:
+    for arch, dropout, pool, _finetune in variants:
         name = f"{arch}, pool {pool}, dropout {dropout:g}"
         cfg = train.TrainConfig(arch=arch, seeds=args.seeds, epochs=args.epochs, patience=args.patience, lr=1e-4,
                                 device="cpu", num_threads=args.threads, pool=pool, dropout=dropout).resolved()
@@ -201,7 +201,7 @@ def main() -> None:
                              eta_a=eta(base_mse["all"], m_all), ci_a=bootstrap_eta(base_mse["all"], m_all, groups["all"]),
                              mse_f=float(np.median(m_f)), eta_v=eta(val_base, mse(pv, va))))
     # speed of the first arch's ensemble, from structures with nothing cached
-    first_arch, _, first_pool = variants[0]
+    first_arch, _, first_pool, _ = variants[0]
     first = next(iter(ens_models))
 
     def run_members(z):

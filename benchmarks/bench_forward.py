@@ -48,6 +48,7 @@ LABELS = {
     "gcn": ("GCN baseline", "GCN (trained)", "SGMLP"),
     "gat": ("GAT baseline", "GAT (trained)", "SGMLP"),
     "mpnn": ("MPNN baseline", "MPNN (trained)", "SGMLP"),
+    "xastruct_finetune": ("XAStruct, fine-tuned encoder", "CHGNet (fine-tuned)", "SGMLP"),
 }
 
 
@@ -118,7 +119,7 @@ def render(eng, path: Path, data, split_seed: int) -> None:
         fits = cfg.get("fits") or []
         marks = []
         for f in fits:
-            cap = f["stopped"] in ("time", "epochs") and cfg.get("mode") == "graph"
+            cap = f["stopped"] in ("time", "epochs") and cfg.get("mode") in ("graph", "finetune")
             capped |= cap
             marks.append(f"{f['epochs_run']} ({f['best_epoch']}){'*' if cap else ''}")
         secs = f"{sum(f['seconds'] for f in fits) / len(fits):.0f}" if fits else "0"
@@ -130,7 +131,7 @@ def render(eng, path: Path, data, split_seed: int) -> None:
             f"{_pm(s, 'cosine', '.4f')} | {_pm(s, 'peak_error', '.2f')} | {secs} | {e.name}{f' (run {run})' if run else ''} |"
         )  # fmt: skip
     pooled = next((e.config for e in entries if e.config.get("mode") == "pooled"), None)
-    gnn = next((e.config for e in entries if e.config.get("mode") == "graph"), None)
+    gnn = next((e.config for e in entries if e.config.get("mode") in ("graph", "finetune")), None)
     lines += [
         "",
         "Training: AdamW (weight decay 0.01), MSE on the grid, the head predicts the residual from the training-mean "
@@ -171,9 +172,9 @@ def cu_feff9_store(url: str):
     return eng
 
 
-def _variants(spec: str) -> list[tuple[str, float, str]]:
-    """"xastruct,xastruct:dropout=0.2:pool=absorber,gcn" -> [("xastruct", 0.0, "mean"),
-    ("xastruct", 0.2, "absorber"), ("gcn", 0.0, "mean")]."""
+def _variants(spec: str) -> list[tuple[str, float, str, bool]]:
+    """"xastruct,xastruct:dropout=0.2:pool=absorber,xastruct:finetune=1,gcn" -> (arch, dropout, pool,
+    finetune) tuples; pool defaults to "mean", finetune (CHGNet trained end to end) to off."""
     out = []
     for item in (a.strip() for a in spec.split(",")):
         if not item:
@@ -182,7 +183,7 @@ def _variants(spec: str) -> list[tuple[str, float, str]]:
         kv = dict(o.split("=", 1) for o in opts)
         if arch not in LABELS:
             raise SystemExit(f"unknown arch {arch!r}; choose from {ALL_ARCHS}")
-        out.append((arch, float(kv.get("dropout", 0.0)), kv.get("pool", "mean")))
+        out.append((arch, float(kv.get("dropout", 0.0)), kv.get("pool", "mean"), kv.get("finetune", "0") in ("1", "true")))
     return out
 
 
@@ -215,18 +216,19 @@ def main() -> None:
     out = Path(args.out)
     with store.run_record(eng, "bench forward", {"argv": sys.argv[1:]}) as summary:
         summary["models"] = []
-        for arch, dropout, pool in variants:
-            gnn = train.ARCHS[arch][0] == "graph"
+        for arch, dropout, pool, finetune in variants:
+            gnn = train.ARCHS[arch][0] == "graph" or finetune  # end-to-end graph training: capped on a CPU
             cfg = train.TrainConfig(
                 arch=arch, seeds=args.seeds, split_seed=args.split_seed, device=args.device, num_threads=args.threads,
-                lr=args.gnn_lr if gnn else args.lr, dropout=dropout,
+                lr=args.gnn_lr if gnn and not finetune else args.lr, dropout=dropout,
                 epochs=args.gnn_epochs if gnn else args.pooled_epochs,
                 patience=None if gnn else args.pooled_patience,
-                max_minutes=args.gnn_minutes if gnn else None, pool=pool,
+                max_minutes=args.gnn_minutes if gnn else None, pool=pool, finetune=finetune,
             )  # fmt: skip
             have = {_key(e.arch, e.config): e for e in _rows(eng, data.fingerprint(), args.split_seed)}
-            if not args.retrain and _key(arch, cfg.resolved()) in have:
-                print(f"{arch} dropout {dropout} pool {pool}: already registered as {have[_key(arch, cfg.resolved())].name}", flush=True)
+            if not args.retrain and _key(cfg.registry_arch, cfg.resolved()) in have:
+                print(f"{arch} dropout {dropout} pool {pool}: already registered as "
+                      f"{have[_key(cfg.registry_arch, cfg.resolved())].name}", flush=True)
                 continue
             t = time.perf_counter()
 
