@@ -334,3 +334,16 @@ def test_real_cu_sites_are_labelled_sensibly():
     assert all(r["element"] == "Cu" for r in rows)
     assert all(1 <= r["cn"] <= 14 and 1.7 < r["mnnd"] < 3.3 for r in rows)
     assert all("fallback" not in r["label_method"] for r in rows)
+
+
+def test_symmetry_memo_follows_edits_of_the_structure():
+    # ingest asks for the spglib dataset twice per structure; an edited structure must not get the old one
+    from pymatgen.core import Lattice, Structure
+
+    from xastruct.labels import symmetry_dataset
+
+    s = Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    first = symmetry_dataset(s)
+    assert first.number == 225 and symmetry_dataset(s) is first  # reused while unchanged
+    s.replace(0, "Au")
+    assert symmetry_dataset(s).number == 221  # Cu3Au: recomputed after the edit

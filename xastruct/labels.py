@@ -387,12 +387,16 @@ def _neighbors_with_fallback(structure: Any, index: int, method: str) -> tuple[l
 def symmetry_dataset(structure: Any, symprec: float = 0.01):
     """spglib's dataset with SpacegroupAnalyzer's tolerances, remembered on the structure object
     (ingest needs it twice per structure: space group for the row, orbits for the labels)."""
-    memo = structure.__dict__.setdefault("_xastruct_spglib", {})
-    if symprec not in memo:
+    # keyed by content too: pymatgen structures are mutable, a memo must not outlive an edit
+    key = (symprec, structure.lattice.matrix.tobytes(), structure.frac_coords.tobytes(),
+           tuple(site.species_string for site in structure))
+    memo = structure.__dict__.get("_xastruct_spglib")
+    if memo is None or memo[0] != key:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        memo[symprec] = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
-    return memo[symprec]
+        memo = (key, SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset())
+        structure.__dict__["_xastruct_spglib"] = memo
+    return memo[1]
 
 
 def _equivalent_sites(structure: Any, symprec: float | None) -> tuple[list[int], str]:
