@@ -122,12 +122,13 @@ def run(args) -> str:
     torch.set_num_threads(1)
     datasets = []
     url = args.db or os.environ.get("XASTRUCT_DB") or store.DEFAULT_URL
-    eng = store.get_engine(url)
-    t0 = time.perf_counter()
-    d = inv.load_sites(eng)
-    print(f"default store {url}: {len(d)} sites ({time.perf_counter() - t0:.1f} s)", flush=True)
-    if len(d):
-        datasets.append((f"default store ({store.resolve_url(url).split('@')[-1]})", d))
+    if url != "none":  # --db none: only the Cu set
+        eng = store.get_engine(url)
+        t0 = time.perf_counter()
+        d = inv.load_sites(eng)
+        print(f"default store {url}: {len(d)} sites ({time.perf_counter() - t0:.1f} s)", flush=True)
+        if len(d):
+            datasets.append((f"default store ({store.resolve_url(url).split('@')[-1]})", d))
     if args.cu_db != "none":
         cu_url = args.cu_db
         if cu_url is None and CU_FEFF9.exists():
@@ -136,9 +137,11 @@ def run(args) -> str:
             cu_url = f"duckdb:///{Path(tempfile.mkdtemp()) / 'cu.duckdb'}"
             ingest.ingest_feff(store.get_engine(cu_url), CU_FEFF9)
         if cu_url:
-            d = inv.load_sites(store.get_engine(cu_url))
+            eng = store.get_engine(cu_url)
+            d = inv.load_sites(eng)
             print(f"Cu K FEFF9: {len(d)} sites", flush=True)
-            datasets.append(("Cu K FEFF9 (4,831 sites)", d))
+            name = "Cu K FEFF9 XANES" + (" + feff8l EXAFS" if d.has_exafs.any() else "")
+            datasets.append((f"{name} ({len(d):,} sites)", d))
 
     hp = {"epochs": args.epochs, "lr": args.lr}
     tasks = args.tasks.split(",")
@@ -149,7 +152,8 @@ def run(args) -> str:
              "(split by reduced formula, 70/15/15, seed 0). Main models: "
              f"{args.seeds} seeds, ablations: {args.ablation_seeds}. Values are mean ± std over seeds; "
              "'per-element' = mean over (element, edge) groups. Trivial = per-element mean MNND / majority "
-             "class from the training materials.", ""]
+             "class from the training materials. EXAFS input = k^2 chi(k) on k 2-12 1/A followed by |chi(R)| "
+             "on R 0.5-6 A (`--exafs-repr k+R`, the default); rows marked 'EXAFS k only' drop the R part.", ""]
     summary_rows = []
     for name, data in datasets:
         kinds = [f for f, ok in (("xanes", data.has_xanes.any()), ("exafs", data.has_exafs.any())) if ok]
@@ -160,29 +164,37 @@ def run(args) -> str:
                   f"EXAFS, {len(set(zip(data.element, data.edge)))} (element, edge) pairs, "
                   f"{len(set(data.group))} materials.", ""]
         plans = []
+        R = inv.DEFAULT_EXAFS_REPR
+        # EXAFS read as k^2 chi(k) alone (no |chi(R)|): the ablation of the R-space input
+        k_only = [(t, a, main_variant, True, args.ablation_seeds, f"{lab}, EXAFS k only", "k")
+                  for t, a, lab in (("mnnd", "sgmlp", "universal SGMLP + element/edge"),
+                                    ("mnnd", "rf", "RF per element (baseline)"),
+                                    ("cn", "rf", "RF per element"), ("neighbor", "sgmlp", "SGMLP per element"))
+                  if t in tasks and "exafs" in kinds]
         if "mnnd" in tasks:
-            plans += [("mnnd", "sgmlp", main_variant, True, args.seeds, "universal SGMLP + element/edge"),
-                      ("mnnd", "sgmlp", main_variant, False, args.seeds, "universal SGMLP, no element/edge"),
-                      ("mnnd", "rf", main_variant, True, args.seeds, "RF per element (baseline)")]
-            plans += [("mnnd", a, main_variant, True, args.ablation_seeds, f"ablation {a}")
+            plans += [("mnnd", "sgmlp", main_variant, True, args.seeds, "universal SGMLP + element/edge", R),
+                      ("mnnd", "sgmlp", main_variant, False, args.seeds, "universal SGMLP, no element/edge", R),
+                      ("mnnd", "rf", main_variant, True, args.seeds, "RF per element (baseline)", R)]
+            plans += [("mnnd", a, main_variant, True, args.ablation_seeds, f"ablation {a}", R)
                       for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
-            plans += [("mnnd", "sgmlp", v, True, args.ablation_seeds, f"universal SGMLP, {v} only")
+            plans += [("mnnd", "sgmlp", v, True, args.ablation_seeds, f"universal SGMLP, {v} only", R)
                       for v in variants[1:]]
         if "cn" in tasks:
-            plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}") for v in variants]
-            plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)")]
+            plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}", R) for v in variants]
+            plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)", R)]
         if "neighbor" in tasks:
-            plans += [("neighbor", "sgmlp", main_variant, True, args.seeds, "SGMLP per element"),
-                      ("neighbor", "rf", main_variant, True, args.seeds, "RF per element (baseline)")]
-            plans += [("neighbor", a, main_variant, True, args.ablation_seeds, f"ablation {a}")
+            plans += [("neighbor", "sgmlp", main_variant, True, args.seeds, "SGMLP per element", R),
+                      ("neighbor", "rf", main_variant, True, args.seeds, "RF per element (baseline)", R)]
+            plans += [("neighbor", a, main_variant, True, args.ablation_seeds, f"ablation {a}", R)
                       for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
+        plans += k_only
         table = defaultdict(list)
         per_element_rows = defaultdict(dict)
-        for task, arch, variant, use_el, seeds, label in plans:
+        for task, arch, variant, use_el, seeds, label, exafs_repr in plans:
             t = time.perf_counter()
             res = inv.train_inverse(eng, task=task, arch=arch, features=variant, seeds=seeds, split_seed=0,
                                     device=args.device, use_element=use_el, hp=hp, register=False, data=data,
-                                    min_sites=args.min_sites)
+                                    min_sites=args.min_sites, exafs_repr=exafs_repr)
             secs = time.perf_counter() - t
             if not res:
                 continue
@@ -191,7 +203,7 @@ def run(args) -> str:
             per_element_rows[task][label] = pm.get("groups", {})
             print(f"{name} {task} {label} [{variant}] {secs:.0f}s: "
                   + ", ".join(f"{k}={fmt(v)}" for k, v in pm["overall"].items() if k != "n"), flush=True)
-            if (task, arch, variant, use_el) in (("mnnd", "sgmlp", main_variant, True),
+            if exafs_repr == R and (task, arch, variant, use_el) in (("mnnd", "sgmlp", main_variant, True),
                                                  ("cn", "rf", main_variant, True),
                                                  ("neighbor", "sgmlp", main_variant, True)):
                 triv = trivial_pooled(task, res, data, variant, 0)
@@ -208,8 +220,8 @@ def run(args) -> str:
                              f"{fmt(o.get('r2'))} | {fmt(o.get('slope'))} | {fmt(o.get('cov1'), 2)} | "
                              f"{fmt(o.get('cov2'), 2)} | {o.get('n')} | {secs:.0f} |")
             lines.append("")
-            main = next((pm for lab, _, pm, _ in table["mnnd"] if lab.startswith("universal SGMLP + ")), None)
-            rf = next((pm for lab, _, pm, _ in table["mnnd"] if lab.startswith("RF")), None)
+            main = next((pm for lab, _, pm, _ in table["mnnd"] if lab == "universal SGMLP + element/edge"), None)
+            rf = next((pm for lab, _, pm, _ in table["mnnd"] if lab == "RF per element (baseline)"), None)
             if main and rf:
                 a, b = group_mean(main, "mae"), group_mean(rf, "mae")
                 ok = a <= 0.020 and a <= 0.5 * b
@@ -262,8 +274,9 @@ def run(args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default=None)
-    ap.add_argument("--cu-db", default=None, help="store URL holding the Cu K FEFF9 set, or 'none'")
+    ap.add_argument("--db", default=None, help="default-dataset store URL, or 'none' to skip it")
+    ap.add_argument("--cu-db", default=None, help="store URL holding the Cu K FEFF9 set (plus any feff8l Cu "
+                    "EXAFS simulated into it: `xastruct simulate --elements Cu --kind exafs`), or 'none'")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ablation-seeds", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=60)

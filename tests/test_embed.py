@@ -163,6 +163,22 @@ def test_chgnet_embeddings_shapes_symmetry_determinism(embeddings, cu_conv, nacl
     np.testing.assert_allclose(again[1], cu, atol=1e-5)
 
 
+def test_graph_worker_pipeline_gives_the_same_embeddings(embeddings, cu_conv, nacl, cu2o):
+    # graphs built in a worker process ahead of the network: same features, same order, and the
+    # pool is reused by the next call
+    structs = [cu_conv, nacl, cu2o] * 3
+    piped = E.chgnet_site_embeddings(structs, device="cpu", batch_size=2, graph_workers=1)
+    assert len(piped) == 9
+    for i, f in enumerate(piped):
+        np.testing.assert_allclose(f, embeddings[i % 3], atol=1e-5)
+    pool = E._GRAPH_POOL["pool"]
+    again = E.chgnet_site_embeddings(structs[:4], device="cpu", batch_size=1, graph_workers=1)
+    assert E._GRAPH_POOL["pool"] is pool
+    np.testing.assert_allclose(again[3], embeddings[0], atol=1e-5)
+    # "auto" stays in-process for a handful of structures (a pool would cost more than it saves)
+    assert E._auto_graph_workers(3, 16) == 0
+
+
 def test_chgnet_embeddings_match_frozen_encoder(embeddings, nacl):
     from xastruct.models import CHGNetEncoder
 

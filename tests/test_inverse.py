@@ -154,6 +154,28 @@ def test_exafs_features_are_k2_weighted_on_the_grid():
     np.testing.assert_allclose(f, inv.EXAFS_GRID**2 * np.sin(2 * inv.EXAFS_GRID), atol=1e-3)
 
 
+
+def test_chir_peaks_at_the_shell_distance_and_k_models_keep_their_input():
+    # one shell at r (zero phase shift): |chi(R)| peaks at r; a second, weaker shell shows as its own peak
+    k = inv.EXAFS_GRID
+    rows = np.stack([k**2 * np.sin(2 * k * r) * np.exp(-0.01 * k**2) for r in (1.9, 2.6)])
+    rows = np.vstack([rows, rows[0] + 0.3 * k**2 * np.sin(2 * k * 3.8), np.full(len(k), np.nan)])
+    mag = inv.chir_magnitude(rows)
+    assert mag.shape == (4, len(inv.R_GRID))
+    peaks = inv.R_GRID[np.argmax(mag[:3], axis=1)]
+    np.testing.assert_allclose(peaks, [1.9, 2.6, 1.9], atol=0.051)
+    far = inv.R_GRID > 3.3
+    assert abs(inv.R_GRID[far][np.argmax(mag[2][far])] - 3.8) <= 0.051
+    assert np.isnan(mag[3]).all()  # a missing spectrum stays missing
+    # "k+R" appends R space; "k" (models registered before it existed: no exafs_repr) is unchanged
+    both = inv.exafs_vector(rows[:2], "k+R")
+    assert both.shape == (2, len(k) + len(inv.R_GRID))
+    np.testing.assert_array_equal(both[:, : len(k)], rows[:2])
+    np.testing.assert_array_equal(inv.exafs_vector(rows[:2], inv.exafs_repr_of({"exafs_mean": []})), rows[:2])
+    assert len(inv.exafs_axis("k+R")) == both.shape[1]
+    with pytest.raises(ValueError, match="unknown EXAFS representation"):
+        inv.exafs_vector(rows, "R")
+
 # ---------------------------------------------------------------------------------------- splits
 def test_split_by_material_is_stable_and_never_straddles():
     groups = [f"F{i % 50}" for i in range(500)]
@@ -249,6 +271,13 @@ def test_registered_rows_and_reload_reproduce_predictions(trained):
                 p = inv._predict_classifier(member, test, r.features, cfg["classes"], cfg["input_norm"],
                                             inv.member_temperature(cfg, i))
                 np.testing.assert_allclose(p, before["proba"], rtol=1e-5, atol=1e-6)
+            # an element without a material in some split gets an empty table there: no crash
+            empty = test.subset(np.zeros(len(test), bool))
+            if task == "mnnd":
+                assert [a.shape for a in inv._predict_mnnd(member, empty, r.features, cfg["input_norm"])] == [(0,), (0,)]
+            else:
+                out = inv._predict_classifier(member, empty, r.features, cfg["classes"], cfg["input_norm"])
+                assert out.shape == (0, len(cfg["classes"]))
 
 
 def _cli():
@@ -279,6 +308,17 @@ def test_cli_train_inverse_registers_a_model(trained, tmp_path):
     assert r.exit_code == 0, r.output
     assert "registered cn/Cu/K/EXAFS/rf/v" in r.output
     assert len(registry.list_models(eng, task="cn")) == before + 1
+    newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
+    assert newest.config["input_norm"]["exafs_repr"] == "k+R"
+    assert len(newest.config["input_norm"]["exafs_mean"]) == len(inv.EXAFS_GRID) + len(inv.R_GRID)
+    # the k-only representation stays available (ablation, and how older models read their input)
+    r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--element", "Cu", "--features", "exafs",
+                                   "--seeds", "1", "--device", "cpu", "--min-sites", "10", "--db", url,
+                                   "--exafs-repr", "k", "--models-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
+    assert newest.config["input_norm"]["exafs_repr"] == "k"
+    assert len(newest.config["input_norm"]["exafs_mean"]) == len(inv.EXAFS_GRID)
 
 
 # ------------------------------------------------------------------------------------- predict

@@ -67,6 +67,8 @@ def _results_table(task: str, results: list) -> Table:
               help="mnnd: give the universal model the absorber and edge.")
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="mnnd: Gaussian variance head (NLL loss) for per-prediction uncertainty.")
+@click.option("--exafs-repr", default=inv.DEFAULT_EXAFS_REPR, show_default=True, type=click.Choice(inv.EXAFS_REPRS),
+              help="EXAFS input: k^2 chi(k) alone, or followed by |chi(R)| (its Fourier transform).")
 @click.option("--epochs", default=inv.DEFAULT_HP["epochs"], show_default=True, type=int)
 @click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
@@ -78,7 +80,7 @@ def _results_table(task: str, results: list) -> Table:
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, use_element,
-            variance, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+            variance, exafs_repr, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
@@ -100,11 +102,12 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
                   f"EXAFS; {data.skipped} spectra not usable (range/edge)")
     with store.run_record(eng, "train inverse", {"task": task, "elements": els, "edges": eds, "features": features,
                                                  "arch": arch, "seeds": seeds, "split_seed": split_seed,
-                                                 "target": target, "sources": list(sources), **hp}) as summary:
+                                                 "target": target, "sources": list(sources), "exafs_repr": exafs_repr,
+                                                 **hp}) as summary:
         results = inv.train_inverse(eng, task=task, elements=els, edges=eds, features=features, arch=arch,
                                     seeds=seeds, split_seed=split_seed, device=device, target=target,
                                     sources=list(sources) or None, use_element=use_element, variance=variance,
-                                    min_sites=min_sites, hp=hp, models_dir=models_dir, data=data, log=log)
+                                    min_sites=min_sites, exafs_repr=exafs_repr, hp=hp, models_dir=models_dir, data=data, log=log)
         summary["models"] = [r.entry.name for r in results if r.entry is not None]
         summary["skipped"] = skipped
     if not results:
