@@ -437,8 +437,9 @@ def test_real_cu_feff9_sites_train_cn_and_mnnd(tmp_path):
     store.dispose_engines()
 
 
-def test_store_backends_load_train_register_predict(db_url, tmp_path):
+def test_store_backends_load_train_register_predict(db_url, tmp_path, monkeypatch):
     """The same path on DuckDB and PostgreSQL (array columns, JSON config, registry rows)."""
+    monkeypatch.setattr(inv, "MIN_KIND_ROWS", 5)  # ~20 training rows here: let the XANES file through
     build_synthetic_store(db_url, n=30)
     eng = store.get_engine(db_url)
     data = inv.load_sites(eng)
@@ -482,3 +483,9 @@ def test_models_are_not_given_a_spectrum_kind_they_never_saw():
                                 "exafs_mean": [0.1, 0.2, 0.0], "exafs_std": [0.3, 0.3, 0.4]}}
     assert not inv.saw_kind(untouched, "XANES") and inv.saw_kind(untouched, "EXAFS")
     assert inv.saw_kind({}, "XANES")  # unknown (e.g. random forests before train_kinds): allowed
+    # per absorber: a handful of XANES rows for Fe (next to plenty of EXAFS) is not enough to read Fe XANES
+    cfg = {"train_kinds": {"XANES": 89, "EXAFS": 4000},
+           "train_kinds_by_element": {"Fe": {"XANES": 4, "EXAFS": 60}, "Cu": {"XANES": 25, "EXAFS": 70}}}
+    assert not inv.saw_kind(cfg, "XANES", "Fe") and inv.saw_kind(cfg, "EXAFS", "Fe")
+    assert inv.saw_kind(cfg, "XANES", "Cu") and not inv.saw_kind(cfg, "EXAFS", "Zn")
+    assert inv.saw_kind(cfg, "XANES") and inv.MIN_KIND_ROWS == 20  # no element given: the total counts

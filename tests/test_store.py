@@ -107,3 +107,13 @@ def test_sql_refuses_escapes(db_url, tmp_path):
         store.readonly_query(db_url, bad)
     assert not (tmp_path / "leak.csv").exists()
     assert "spectra" in _tables(store.get_engine(db_url))
+
+
+def test_fetch_arrow_binds_parameters_but_not_inside_string_literals(db_url):
+    eng = store.get_engine(db_url)
+    with eng.connect() as conn:
+        # ':word' in a literal (and a '::' cast) must stay as written; :n is the one parameter
+        tbl = store.fetch_arrow(conn, "SELECT 'at :n or it''s :x' AS s, CAST(:n AS INTEGER) + 1 AS v, '7'::int AS c",
+                                {"n": 41})
+    assert tbl.column("s").to_pylist() == ["at :n or it's :x"]
+    assert tbl.column("v").to_pylist() == [42] and tbl.column("c").to_pylist() == [7]

@@ -1099,6 +1099,10 @@ def train_task(
         "target": data.target, "features": features, "classes": classes, "input_norm": norm,
         # which input kinds the model actually saw: a kind it never saw must not be routed to it
         "train_kinds": {"XANES": int(parts["train"].has_xanes.sum()), "EXAFS": int(parts["train"].has_exafs.sum())},
+        "train_kinds_by_element": {
+            el: {"XANES": int(train.has_xanes[train.element == el].sum()),
+                 "EXAFS": int(train.has_exafs[train.element == el].sum())}
+            for el in sorted(set(train.element.tolist()))},
         "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
         "use_element": bool(use_element) if task == "mnnd" and arch != "rf" else None,
         "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
@@ -1315,13 +1319,23 @@ def _wanted_variants(have_x: bool, have_e: bool) -> list[str]:
     return (["xanes"] if have_x else ["exafs"]) + ["both"]
 
 
-def saw_kind(config: dict, kind: str) -> bool:
-    """Whether a model's training rows included spectra of *kind* (XANES/EXAFS). Models registered
-    before ``train_kinds`` was recorded: a network whose input normalisation for the kind is the
-    untouched default (mean 0, std 1) never saw it; otherwise assume it did."""
+#: a model reads an input kind only if it trained on at least this many rows of it for the input's
+#: absorber: a "both" model that saw 4 Fe XANES next to 60 Fe EXAFS answered XANES-only Fe/Mn
+#: scans with confident nonsense (MNND 2.7 +- 0.2 A for MnO2, true 1.89 A)
+MIN_KIND_ROWS = 20
+
+
+def saw_kind(config: dict, kind: str, element: str | None = None) -> bool:
+    """Whether a model trained on enough spectra of *kind* (XANES/EXAFS) -- for *element* when the
+    model recorded per-element counts (``train_kinds_by_element``), else in total. Models
+    registered before ``train_kinds`` was recorded: a network whose input normalisation for the
+    kind is the untouched default (mean 0, std 1) never saw it; otherwise assume it did."""
+    by_el = config.get("train_kinds_by_element")
+    if by_el is not None and element is not None:
+        return int((by_el.get(element) or {}).get(kind, 0)) >= MIN_KIND_ROWS
     kinds = config.get("train_kinds")
     if kinds is not None:
-        return int(kinds.get(kind, 0)) > 0
+        return int(kinds.get(kind, 0)) >= (MIN_KIND_ROWS if by_el is not None else 1)
     norm = config.get("input_norm") or {}
     mean, std = norm.get(f"{kind.lower()}_mean"), norm.get(f"{kind.lower()}_std")
     if mean is None or std is None:
@@ -1347,7 +1361,7 @@ def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xa
         # the input's kinds must include one the model was trained on (an EXAFS-trained "both"
         # model would read a XANES-only scan through weights that never saw XANES)
         have = [k for k, h in (("XANES", have_xanes), ("EXAFS", have_exafs)) if h]
-        if not any(saw_kind(cfg, k) for k in have):
+        if not any(saw_kind(cfg, k, element) for k in have):
             continue
         if e.element is None:
             # an element/edge the universal model never saw would get an untrained embedding

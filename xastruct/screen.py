@@ -278,12 +278,24 @@ class _Inputs:
     exafs: list
 
 
+def is_calculated(source: str | None) -> bool:
+    """Whether a spectrum source is a calculation (our FEFF runs, Materials Project's FEFF): its
+    mu(E) has no measured background, so chi(k) is never extracted from it; it counts as simulated."""
+    s = str(source or "")
+    return s == "mp" or s.startswith("feff")
+
+
+def _calculated_sql(col):
+    """SQL form of :func:`is_calculated` on a ``spectra.source`` column."""
+    return sa.or_(col.like("feff%"), col == "mp")
+
+
 def _featurize_spectrum(r: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Inverse-model features of one stored spectrum row (same rules as `predict structure`)."""
     from .inverse import EXAFS_GRID, GRID_TOL_K, exafs_features, exafs_reach, measured_chi, xanes_features
 
     src = f"spectrum {r['id']}"
-    feff = str(r["source"]).startswith("feff") or r["source"] == "mp"
+    feff = is_calculated(r["source"])
     if r["kind"] == "EXAFS" and r.get("k") is not None and r.get("chi") is not None:
         return None, exafs_features(np.asarray(r["k"], float), np.asarray(r["chi"], float), source=src)
     if r.get("energies") is None or r.get("mu") is None:
@@ -351,7 +363,7 @@ def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) 
     # fetch only the arrays the features use (they are most of the bytes): chi(k) rows need no mu(E);
     # raw mu only matters for measured scans (their chi(k) comes from autobk)
     has_chi = sa.and_(sp.kind == "EXAFS", sp.k.is_not(None), sp.chi.is_not(None))
-    calculated = sa.or_(sp.source.like("feff%"), sp.source == "mp")
+    calculated = _calculated_sql(sp.source)
     cols = [sp.id, sp.absorber, sp.edge, sp.kind, sp.source, sp.normalized,
             sa.case((has_chi, sa.null()), else_=sp.energies).label("energies"),
             sa.case((has_chi, sa.null()), else_=sp.mu).label("mu"),
@@ -378,7 +390,7 @@ def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) 
             inp.element.append(r["absorber"])
             inp.edge.append(r["edge"])
             inp.kind.append("+".join(k for k, f in (("XANES", xf), ("EXAFS", ef)) if f is not None))
-            inp.measured.append(r["structure_id"] is None or not (str(r["source"]).startswith("feff") or r["source"] == "mp"))
+            inp.measured.append(r["structure_id"] is None or not is_calculated(r["source"]))
             inp.structure_id.append(r["structure_id"])
             inp.site_id.append(r["site_id"])
             inp.xanes.append(xf)
