@@ -17,8 +17,8 @@ bootstrap over held-out MATERIALS (2,000 resamples). The target is divided by on
 train std) for training; eta is unit-free.
 
 Also measures, in the same run, the cost of a prediction from a structure file on this CPU:
-graph building (in a worker process, ahead of the network: xastruct.embed's default for batches) +
-CHGNet + first-shell search + head, batched, no caches, versus a FEFF10 XANES run
+graph building (xastruct.embed.crystal_graph) + CHGNet + first-shell search + head, batched, no
+caches, versus a FEFF10 XANES run
 (median wall time of the sites in benchmarks/results/feff10_vs_feff9.jsonl).
 Writes benchmarks/results/eta_cu.md.
 """
@@ -126,11 +126,9 @@ def speed(data, members_fn, n: int, threads: int, pool: str) -> dict:
         first_site.setdefault(s, i)
     structs = [data.structures[s] for s in sids]
     torch.set_num_threads(threads)
-    # load CHGNet and start the graph-building worker once, outside the timing (a screening process
-    # pays this once: bench_chgnet_speed.py reports the pool start-up)
-    chgnet_site_embeddings(structs[:2], device="cpu", cache_dir=None, graph_workers=1)
+    chgnet_site_embeddings(structs[:2], device="cpu", cache_dir=None)  # load CHGNet once, outside the timing
     t0 = time.perf_counter()
-    feas = chgnet_site_embeddings(structs, device="cpu", cache_dir=None, batch_size=32)  # graph_workers "auto"
+    feas = chgnet_site_embeddings(structs, device="cpu", cache_dir=None, batch_size=32)
     t1 = time.perf_counter()
     # the first shell (CrystalNN) is only searched when the pooling uses it
     z = np.stack([pooled_embedding(f, None, first_site[s], pool=pool, neighbors=None if pool == "absorber" else
@@ -146,6 +144,33 @@ def speed(data, members_fn, n: int, threads: int, pool: str) -> dict:
             "total_ms": 1e3 * (t3 - t0) / len(sids)}
 
 
+def load_cu_eta(db: str) -> dict:
+    """The Cu K FEFF 9 set with the OmniXAS target, filter and our material split (shared by
+    bench_eta_tune.py): data (its y scaled by the train std), raw targets y, row indices of
+    train / val (filtered), test_all and test (filtered), the filter mask keep, the cache dir, the split
+    summary, the scale."""
+    from bench_forward import cu_feff9_store
+    from xastruct import train
+
+    eng = cu_feff9_store(db)
+    data = train.load_forward_data(eng, element="Cu", edge="K", kind="XANES", source="feff9")
+    paths = xmu_paths(eng, data.spectrum_ids)
+    y = np.stack([omnixas_target(paths[int(s)]) for s in data.spectrum_ids]).astype(np.float32)
+    keep = outlier_mask(y)
+    cache = train.default_cache_dir(db)
+    split, summary = train.prepare_split(data, seed=0, cache_dir=cache)
+    side = np.array([split[s] for s in data.structure_ids.tolist()])
+    idx = {s: np.flatnonzero(side == s) for s in ("train", "val", "test")}
+    tr, va = idx["train"][keep[idx["train"]]], idx["val"][keep[idx["val"]]]
+    scale = float(y[tr].std())
+    data.y = y / scale
+    data.grid = {"quantity": "omnixas", "axis": "E", "unit": "eV", "start": float(GRID[0]), "stop": float(GRID[-1]),
+                 "step": 0.25, "n": len(GRID)}
+    return {"data": data, "y": y, "train": tr, "val": va, "test_all": idx["test"],
+            "test": idx["test"][keep[idx["test"]]], "keep": keep, "cache": cache, "summary": summary,
+            "scale": scale}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default="duckdb:////tmp/bench_eta/cu.duckdb", help="scratch store (filled on first use)")
@@ -159,26 +184,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "eta_cu.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from bench_forward import _variants, cu_feff9_store
+    from bench_forward import _variants
     from xastruct import train
 
     torch.set_num_threads(args.threads)
-    eng = cu_feff9_store(args.db)
-    data = train.load_forward_data(eng, element="Cu", edge="K", kind="XANES", source="feff9")
-    paths = xmu_paths(eng, data.spectrum_ids)
-    y = np.stack([omnixas_target(paths[int(s)]) for s in data.spectrum_ids]).astype(np.float32)
-    keep = outlier_mask(y)
-    cache = train.default_cache_dir(args.db)
-    split, summary = train.prepare_split(data, seed=0, cache_dir=cache)
-    side = np.array([split[s] for s in data.structure_ids.tolist()])
-    idx = {s: np.flatnonzero(side == s) for s in ("train", "val", "test")}
-    tr, va = idx["train"][keep[idx["train"]]], idx["val"][keep[idx["val"]]]
-    test_all = idx["test"]
-    test_f = test_all[keep[test_all]]
-    scale = float(y[tr].std())
-    data.y = y / scale
-    data.grid = {"quantity": "omnixas", "axis": "E", "unit": "eV", "start": float(GRID[0]), "stop": float(GRID[-1]),
-                 "step": 0.25, "n": len(GRID)}
+    cu = load_cu_eta(args.db)
+    data, y, cache, scale, keep = cu["data"], cu["y"], cu["cache"], cu["scale"], cu["keep"]
+    tr, va, test_all, test_f = cu["train"], cu["val"], cu["test_all"], cu["test"]
     base = y[tr].mean(0)
 
     def mse(pred, rows):
@@ -274,7 +286,7 @@ def main() -> None:
         "## Prediction cost from a structure (same run)",
         "",
         f"Model: {first}. {sp['n']} test structures ({sp['atoms_mean']:.0f} atoms on average), nothing cached, torch threads "
-        f"{args.threads}, batched 32: CHGNet graphs (1 worker process, pipelined) + embeddings {sp['chgnet_ms']:.1f} ms, pooling (incl. the "
+        f"{args.threads}, batched 32: CHGNet graphs + embeddings {sp['chgnet_ms']:.1f} ms, pooling (incl. the "
         f"CrystalNN first shell where the pooling uses it) {sp['shell_ms']:.1f} ms, {len(ens_models[first])}-member head {sp['head_ms']:.2f} ms; "
         f"**total {sp['total_ms']:.1f} ms per structure** (target < 20 ms).",
     ]

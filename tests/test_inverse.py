@@ -489,3 +489,27 @@ def test_models_are_not_given_a_spectrum_kind_they_never_saw():
     assert not inv.saw_kind(cfg, "XANES", "Fe") and inv.saw_kind(cfg, "EXAFS", "Fe")
     assert inv.saw_kind(cfg, "XANES", "Cu") and not inv.saw_kind(cfg, "EXAFS", "Zn")
     assert inv.saw_kind(cfg, "XANES") and inv.MIN_KIND_ROWS == 20  # no element given: the total counts
+
+
+def test_augment_exafs_perturbs_copies_like_a_measurement():
+    k = inv.EXAFS_GRID
+    n = 6
+    chi = np.stack([np.sin(2 * k * r) * np.exp(-0.008 * k**2) for r in np.linspace(1.9, 2.6, n)])
+    t = inv.SiteTable(element=np.array(["Cu"] * n), edge=np.array(["K"] * n), structure_id=np.arange(n),
+                      site_id=np.arange(n), group=np.array([f"F{i}" for i in range(n)]), cn=np.full(n, 4),
+                      mnnd=np.linspace(1.9, 2.6, n), neighbor=np.array(["O"] * n),
+                      xanes=np.full((n, len(inv.XANES_GRID)), np.nan), exafs=chi * k**2, keys=[[]] * n)
+    t.exafs[0] = np.nan  # a row without EXAFS is not copied
+    aug = inv.augment_exafs(t, 3, seed=1)
+    assert len(aug) == n + 3 * (n - 1) and aug.has_exafs.sum() == 4 * (n - 1)
+    np.testing.assert_array_equal(aug.mnnd[n:], np.tile(t.mnnd[1:], 3))  # labels unchanged
+    np.testing.assert_array_equal(aug.exafs[:n][1:], t.exafs[1:])  # originals untouched
+    copies = aug.exafs[n:].reshape(3, n - 1, -1)
+    assert not np.allclose(copies[0], copies[1])
+    # the shell distance survives: |chi(R)| peaks where the original does (within the grid step)
+    peak = lambda x: inv.R_GRID[np.argmax(inv.chir_magnitude(x), axis=1)]  # noqa: E731
+    assert np.abs(peak(copies.reshape(-1, len(k))) - np.tile(peak(t.exafs[1:]), 3)).max() <= 0.1
+    # the amplitude shrinks or grows within the S0^2 / sigma^2 ranges, never by more than 1.1x
+    ratio = np.abs(copies).max(axis=2) / np.abs(t.exafs[1:]).max(axis=1)
+    assert (ratio < 1.25).all() and (ratio > 0.3).all()
+    assert inv.augment_exafs(t, 0, seed=1) is t

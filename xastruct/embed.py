@@ -1,5 +1,7 @@
 """Structure-side inputs of the models: CHGNet site embeddings, absorber pooling masks, PyG graphs.
 
+* :func:`crystal_graph` builds CHGNet's input graph with array operations (identical to chgnet's
+  converter up to the order of the angle rows, ~8x faster).
 * :func:`chgnet_site_embeddings` runs the pretrained CHGNet once per structure (frozen, no grad)
   and returns per-atom features (n_atoms x 64: CHGNet's ``atom_fea``, the atom features before
   its last convolution). With ``cache_dir`` each result is stored as ``<sha256>.npz`` keyed by the
@@ -14,11 +16,10 @@
   ``get_neighbor_list`` (torch-cluster/pyg-lib ``radius_graph`` is not used: it is not periodic and
   pyg-lib is not installed).
 
-Throughput (measured on this project's 2-core CPU shared with FEFF/CHGNet jobs, load average ~7,
-1 torch thread; Cu K-edge materials from the shared dataset): 4.6 structures/s for cells of 50
-atoms on average, 39 structures/s for cells of <= 12 atoms (7 on average). Graph construction
-(CHGNet's converter, pymatgen neighbour lists) is ~40% of the time for the large cells. Under
-contention 2 threads were 3-10x slower than 1: pass ``num_threads=1`` on a busy machine.
+Throughput (`benchmarks/bench_chgnet_speed.py`, idle 2-core CPU, 2 torch threads, Cu K materials of
+23 atoms on average, batch 32): 10.5 ms per structure, of which graph building 1.1 ms with
+:func:`crystal_graph` (chgnet's own converter: 9.4 ms for the same graph) and the forward pass the rest.
+On a busy machine pass ``num_threads=1``: 2 threads under contention were 3-10x slower.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from xastruct.models import pick_device
 __all__ = [
     "absorber_mask",
     "chgnet_site_embeddings",
+    "crystal_graph",
     "first_shell",
     "pooled_embedding",
     "structure_key",
@@ -146,42 +148,70 @@ def atom_features(model, graphs) -> list[torch.Tensor]:
     return list(torch.split(atom_feas, atoms_per_graph.tolist()))
 
 
-# Graph building (CHGNet's converter: neighbour list + Python line graph, ~10 ms per 23-atom cell)
-# is single-threaded and as costly as the forward pass; a worker process builds the next batches'
-# graphs while this process runs the network. One pool per process, reused across calls.
-_GRAPH_POOL: dict[str, Any] = {}
-_GRAPH_CONVERTER = None
+def crystal_graph(converter, structure):
+    """CHGNet's ``CrystalGraph`` of *structure*, as ``converter(structure)`` builds it, in numpy.
 
+    chgnet's converter builds Python objects per edge and the angle list (``bond_graph``) in a
+    Python triple loop: ~10 ms of a 23-atom cell, as long as the network's forward pass. This
+    builds the same arrays from pymatgen's neighbour list with array operations: directed edges in
+    neighbour-list order, undirected edges numbered by first appearance of the pair (i, j, image) /
+    (j, i, -image), and the angle rows [centre, bond u, its directed edge d, bond of e, e] for every
+    bond u <= bond cutoff at each of its two ends and every other directed edge e < bond cutoff
+    leaving the same atom. Only the order of the angle rows differs, which CHGNet sums over;
+    tests/test_embed.py checks the atom features against the converter's graphs.
+    """
+    from chgnet.graph.crystalgraph import CrystalGraph
 
-def _graph_worker_init(converter) -> None:
-    global _GRAPH_CONVERTER
-    torch.set_num_threads(1)
-    _GRAPH_CONVERTER = converter
-
-
-def _build_graphs(structures: list) -> list:
-    return [_GRAPH_CONVERTER(s) for s in structures]
-
-
-def _graph_pool(n_workers: int, converter):
-    """The process's graph-building pool (created on first use; forkserver/spawn: see labels)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from xastruct.labels import _mp_context
-
-    key = f"{n_workers}:{converter!r}"
-    if _GRAPH_POOL.get("key") != key:
-        if _GRAPH_POOL.get("pool") is not None:
-            _GRAPH_POOL["pool"].shutdown(wait=False, cancel_futures=True)
-        _GRAPH_POOL.update(key=key, pool=ProcessPoolExecutor(n_workers, mp_context=_mp_context(),
-                                                             initializer=_graph_worker_init,
-                                                             initargs=(converter,)))
-    return _GRAPH_POOL["pool"]
-
-
-def _auto_graph_workers(n_todo: int, batch_size: int) -> int:
-    # a pool pays off from a few batches on, and only with a spare core
-    return 1 if (os.cpu_count() or 1) >= 2 and n_todo >= 4 * batch_size else 0
+    n_atoms = len(structure)
+    center, neighbor, image, distance = structure.get_neighbor_list(
+        r=converter.atom_graph_cutoff, sites=structure.sites, numerical_tol=1e-8)
+    image = np.asarray(image, dtype=np.int64).reshape(-1, 3)
+    n_dir = len(center)
+    # canonical orientation of each directed edge's bond: the smaller of (i, j, img) and (j, i, -img)
+    fwd = np.column_stack([center, neighbor, image])
+    rev = np.column_stack([neighbor, center, -image])
+    diff = fwd - rev
+    first_diff = np.where(diff.any(axis=1), diff[np.arange(n_dir), np.argmax(diff != 0, axis=1)], 0)
+    canon = np.where((first_diff <= 0)[:, None], fwd, rev)
+    _, first, inverse = np.unique(canon, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # number bonds by first appearance
+    d2u = rank[inverse]
+    n_und = len(first)
+    if n_dir != 2 * n_und or np.bincount(d2u, minlength=n_und).max(initial=2) != 2:
+        return converter(structure)  # an unpaired edge (numerical tie at the cutoff): chgnet's own path
+    u2d = np.full(n_und, n_dir, dtype=np.int64)
+    np.minimum.at(u2d, d2u, np.arange(n_dir))
+    # angles: d = a directed edge of a bond <= cutoff, e = another directed edge < cutoff from d's atom
+    cut = converter.bond_graph_cutoff
+    d_idx = np.flatnonzero(distance <= cut)
+    e_idx = np.flatnonzero(distance < cut)
+    e_sorted = e_idx[np.argsort(center[e_idx], kind="stable")]
+    counts = np.bincount(center[e_sorted], minlength=n_atoms)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_d = counts[center[d_idx]]
+    rows_d = np.repeat(d_idx, per_d)
+    offs = np.arange(per_d.sum()) - np.repeat(np.cumsum(per_d) - per_d, per_d)
+    rows_e = e_sorted[np.repeat(starts[center[d_idx]], per_d) + offs]
+    keep = rows_d != rows_e
+    rows_d, rows_e = rows_d[keep], rows_e[keep]
+    bond_graph = np.column_stack([center[rows_d], d2u[rows_d], rows_d, d2u[rows_e], rows_e])
+    if len(set(range(n_atoms)) - set(center.tolist())):
+        return converter(structure)  # isolated atoms: let chgnet warn or raise as configured
+    f32 = torch.float32
+    return CrystalGraph(
+        atomic_number=torch.tensor([site.specie.Z for site in structure], dtype=torch.int32),
+        atom_frac_coord=torch.tensor(structure.frac_coords, dtype=f32, requires_grad=True),
+        atom_graph=torch.tensor(np.column_stack([center, neighbor]).reshape(-1, 2), dtype=torch.int32),
+        neighbor_image=torch.tensor(image, dtype=f32),
+        directed2undirected=torch.tensor(d2u, dtype=torch.int32),
+        undirected2directed=torch.tensor(u2d, dtype=torch.int32),
+        bond_graph=torch.tensor(bond_graph.reshape(-1, 5), dtype=torch.int32),
+        lattice=torch.tensor(structure.lattice.matrix, dtype=f32, requires_grad=True),
+        graph_id=None, mp_id=None, composition=structure.composition.formula,
+        atom_graph_cutoff=converter.atom_graph_cutoff, bond_graph_cutoff=converter.bond_graph_cutoff,
+    )
 
 
 def chgnet_site_embeddings(
@@ -193,15 +223,12 @@ def chgnet_site_embeddings(
     cache_dir: str | Path | None = None,
     model_name: str = DEFAULT_MODEL,
     num_threads: int | None = None,
-    graph_workers: int | str = "auto",
 ) -> list[np.ndarray]:
     """Per-structure CHGNet atom features, each ``(n_atoms, 64)`` float32, in input order.
 
     ``progress(done, total)`` is called after each batch (and once for cache hits).
     ``num_threads`` sets torch's intra-op threads for the duration of the call.
-    ``graph_workers``: processes building CHGNet graphs ahead of the network (0 = in this process;
-    "auto" = 1 when there is a spare core and at least 4 batches to embed). The features do not
-    depend on it (tests/test_embed.py).
+    Graphs come from :func:`crystal_graph` (the converter's graphs in numpy, ~7x faster).
     """
     structures = list(structures)
     for i, s in enumerate(structures):
@@ -233,24 +260,9 @@ def chgnet_site_embeddings(
     if num_threads:
         torch.set_num_threads(num_threads)
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    n_workers = _auto_graph_workers(len(todo), batch_size) if graph_workers == "auto" else int(graph_workers)
-    if n_workers > 0:
-        pool = _graph_pool(n_workers, model.graph_converter)
-        ahead = 2 * n_workers + 1  # batches in flight: enough to keep the workers busy, bounded memory
-        futures = [pool.submit(_build_graphs, [structures[i] for i in b]) for b in batches[:ahead]]
-
-        def graphs_of(j: int) -> list:
-            if j + ahead < len(batches):
-                futures.append(pool.submit(_build_graphs, [structures[i] for i in batches[j + ahead]]))
-            return futures[j].result()
-    else:
-
-        def graphs_of(j: int) -> list:
-            return [model.graph_converter(structures[i]) for i in batches[j]]
-
     try:
-        for j, idx in enumerate(batches):
-            graphs = [g.to(str(dev)) for g in graphs_of(j)]
+        for idx in batches:
+            graphs = [crystal_graph(model.graph_converter, structures[i]).to(str(dev)) for i in idx]
             with torch.no_grad():
                 feas = atom_features(model, graphs)
             for i, f in zip(idx, feas):

@@ -288,6 +288,9 @@ def exafs_reach(energies, e0_half: float) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+_ROW_FIELDS = ("element", "edge", "structure_id", "site_id", "group", "cn", "mnnd", "neighbor", "xanes", "exafs")
+
+
 @dataclass(kw_only=True)
 class SiteTable:
     """Examples for the inverse models: one row per site (or structure), NaN rows for a missing kind."""
@@ -320,9 +323,12 @@ class SiteTable:
 
     def subset(self, mask) -> SiteTable:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, int)
-        arrays = {f: getattr(self, f)[idx] for f in
-                  ("element", "edge", "structure_id", "site_id", "group", "cn", "mnnd", "neighbor", "xanes", "exafs")}
+        arrays = {f: getattr(self, f)[idx] for f in _ROW_FIELDS}
         return replace(self, **arrays, keys=[self.keys[i] for i in idx])
+
+    def concat(self, other: SiteTable) -> SiteTable:
+        arrays = {f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in _ROW_FIELDS}
+        return replace(self, **arrays, keys=list(self.keys) + list(other.keys))
 
     def with_features(self, features: str) -> SiteTable:
         """Rows usable by a feature variant (see module doc)."""
@@ -678,6 +684,34 @@ class TrainResult:
     entry: Any = None  # registry entry once registered
 
 
+#: ranges of the measurement-like perturbations of :func:`augment_exafs`
+AUGMENT = {"amplitude": (0.75, 1.1), "sigma2": (0.0, 0.004), "e0_ev": (-3.0, 3.0), "noise_k12": (0.0, 0.3)}
+
+
+def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
+    """*copies* perturbed duplicates of every row with EXAFS (labels unchanged): what separates a
+    measured chi(k) from FEFF's with its fixed S0^2 = 0.9 and sigma^2 = 0.004 A^2 -- an amplitude
+    factor (S0^2 0.68-0.99), extra thermal/static disorder exp(-2 k^2 ds^2), an E0 mismatch
+    (k' = sqrt(k^2 + dE / 3.81)) and white noise whose k^2-weighted size grows as k^2 (up to
+    :data:`AUGMENT` ``noise_k12`` at k = 12). Rows without EXAFS are not duplicated."""
+    base = data.subset(data.has_exafs)
+    if copies <= 0 or len(base) == 0:
+        return data
+    rng = np.random.default_rng(seed)
+    k = EXAFS_GRID
+    out = data
+    for _ in range(copies):
+        n = len(base)
+        u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in AUGMENT.items()}
+        chi = base.exafs / k**EXAFS_KWEIGHT
+        kk = np.sqrt(np.clip(k[None, :] ** 2 + u["e0_ev"] / 3.8099821, 0.0, None))
+        shifted = np.stack([np.interp(kk[i], k, chi[i]) for i in range(n)])
+        chi2 = u["amplitude"] * shifted * np.exp(-2.0 * k[None, :] ** 2 * u["sigma2"])
+        noise = rng.standard_normal(chi2.shape) * u["noise_k12"] / 144.0  # k^2 chi noise ~ k^2: chi noise flat
+        out = out.concat(replace(base, exafs=(chi2 + noise) * k**EXAFS_KWEIGHT))
+    return out
+
+
 def _rf_design(data: SiteTable, features: str, norm: dict | None = None) -> np.ndarray:
     """[XANES || EXAFS] with a missing kind zero-filled and two presence flags (variant 'both');
     EXAFS in the representation recorded in *norm* (see :func:`exafs_vector`)."""
@@ -966,6 +1000,7 @@ DEFAULT_HP = {
     "epochs": 300, "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "patience": 25,
     "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
     "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None,
+    "augment": 0,  # perturbed EXAFS copies per training row (augment_exafs); 0 = off
 }
 
 
@@ -1049,6 +1084,9 @@ def train_task(
     else:
         arch_note = None
 
+    # the networks and forests fit on the training rows plus their measurement-like EXAFS copies;
+    # input normalisation, classes and the trivial baseline stay those of the real training rows
+    fit_on = augment_exafs(train, int(hp.get("augment") or 0), seed=split_seed)
     members, fits, test_metrics, val_metrics, preds_out, temperatures = [], [], [], [], [], []
     trivial = trivial_baseline(task, train, test, None if task == "mnnd" else mapper)
     for s in range(seeds):
@@ -1058,10 +1096,10 @@ def train_task(
             from sklearn.dummy import DummyClassifier
 
             member = SklearnMember(estimator=DummyClassifier(strategy="most_frequent").fit(
-                _rf_design(train, features, norm), mapper(_label(task, train))))
+                _rf_design(fit_on, features, norm), mapper(_label(task, fit_on))))
             info = {"note": "one class in training data: constant prediction"}
         else:
-            member, info = _train_member(task, arch, train, val, features=features, classes=classes, mapper=mapper,
+            member, info = _train_member(task, arch, fit_on, val, features=features, classes=classes, mapper=mapper,
                                          seed=seed, hp=hp, device=dev, norm=norm,
                                          use_element=use_element, variance=variance)
         temp = None
@@ -1110,7 +1148,7 @@ def train_task(
         "sources": data.sources, "split_fractions": list(SPLIT_FRACTIONS), "split_unit": "reduced formula",
         "member_seeds": [split_seed * 1000 + s for s in range(seeds)], "device": str(dev),
         "hyperparameters": hp if arch != "rf" else {k: hp[k] for k in ("n_estimators", "rf_max_features",
-                                                                           "rf_class_weight")},
+                                                                           "rf_class_weight", "augment")},
         "optimizer": "AdamW" if arch != "rf" else None,
         "temperatures": temperatures if task != "mnnd" else None,
     }

@@ -423,8 +423,11 @@ class CHGNetEncoder(ModelIO, nn.Module):
         return self
 
     def featurize(self, structure) -> Any:
-        """A pymatgen Structure -> CHGNet CrystalGraph (CPU)."""
-        return self.chgnet.graph_converter(structure)
+        """A pymatgen Structure -> CHGNet CrystalGraph (CPU; embed.crystal_graph: the converter's graph,
+        built with array operations)."""
+        from xastruct.embed import crystal_graph
+
+        return crystal_graph(self.chgnet.graph_converter, structure)
 
     @staticmethod
     def _to(graph, device: torch.device):

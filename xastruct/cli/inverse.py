@@ -69,6 +69,9 @@ def _results_table(task: str, results: list) -> Table:
               help="mnnd: Gaussian variance head (NLL loss) for per-prediction uncertainty.")
 @click.option("--exafs-repr", default=inv.DEFAULT_EXAFS_REPR, show_default=True, type=click.Choice(inv.EXAFS_REPRS),
               help="EXAFS input: k^2 chi(k) alone, or followed by |chi(R)| (its Fourier transform).")
+@click.option("--augment", default=0, show_default=True, type=click.IntRange(0, 20),
+              help="Train also on N measurement-like copies of each EXAFS row (amplitude, disorder, E0 shift, "
+                   "noise; see inverse.augment_exafs): for models meant for measured spectra.")
 @click.option("--epochs", default=inv.DEFAULT_HP["epochs"], show_default=True, type=int)
 @click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
@@ -80,7 +83,7 @@ def _results_table(task: str, results: list) -> Table:
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, use_element,
-            variance, exafs_repr, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+            variance, exafs_repr, augment, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
@@ -88,7 +91,7 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
                                                      for e in elements.split(",") if e.strip()]
     eds = None if not edges else [check_edge("--edge", e) for e in edges.split(",") if e.strip()]
     eng = store.get_engine(db)
-    hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size}
+    hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "augment": augment}
     skipped: list[str] = []
 
     def log(msg: str) -> None:
