@@ -309,6 +309,18 @@ class SiteTable:
     target: str = "site"
     sources: list = field(default_factory=list)
     skipped: int = 0  # spectra that could not be featurized
+    exafs_r: np.ndarray | None = None  # |chi(R)| of exafs, computed once on first use (exafs_input)
+
+    def exafs_input(self, repr: str = "k") -> np.ndarray:
+        """The models' EXAFS input for representation *repr* (see :func:`exafs_vector`); the R part
+        is computed once per table, since every task's models read it."""
+        if repr == "k":
+            return self.exafs
+        if repr != "k+R":
+            raise ValueError(f"unknown EXAFS representation {repr!r}; use one of {EXAFS_REPRS}")
+        if self.exafs_r is None:
+            self.exafs_r = chir_magnitude(self.exafs)
+        return np.concatenate([self.exafs, self.exafs_r], axis=1)
 
     def __len__(self) -> int:
         return len(self.element)
@@ -324,11 +336,12 @@ class SiteTable:
     def subset(self, mask) -> SiteTable:
         idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, int)
         arrays = {f: getattr(self, f)[idx] for f in _ROW_FIELDS}
-        return replace(self, **arrays, keys=[self.keys[i] for i in idx])
+        r = None if self.exafs_r is None else self.exafs_r[idx]
+        return replace(self, **arrays, keys=[self.keys[i] for i in idx], exafs_r=r)
 
     def concat(self, other: SiteTable) -> SiteTable:
         arrays = {f: np.concatenate([getattr(self, f), getattr(other, f)]) for f in _ROW_FIELDS}
-        return replace(self, **arrays, keys=list(self.keys) + list(other.keys))
+        return replace(self, **arrays, keys=list(self.keys) + list(other.keys), exafs_r=None)
 
     def with_features(self, features: str) -> SiteTable:
         """Rows usable by a feature variant (see module doc)."""
@@ -708,7 +721,7 @@ def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
         shifted = np.stack([np.interp(kk[i], k, chi[i]) for i in range(n)])
         chi2 = u["amplitude"] * shifted * np.exp(-2.0 * k[None, :] ** 2 * u["sigma2"])
         noise = rng.standard_normal(chi2.shape) * u["noise_k12"] / 144.0  # k^2 chi noise ~ k^2: chi noise flat
-        out = out.concat(replace(base, exafs=(chi2 + noise) * k**EXAFS_KWEIGHT))
+        out = out.concat(replace(base, exafs=(chi2 + noise) * k**EXAFS_KWEIGHT, exafs_r=None))
     return out
 
 
@@ -719,7 +732,7 @@ def _rf_design(data: SiteTable, features: str, norm: dict | None = None) -> np.n
     if features in ("both", "xanes"):
         parts.append(np.nan_to_num(data.xanes, nan=0.0))
     if features in ("both", "exafs"):
-        parts.append(np.nan_to_num(exafs_vector(data.exafs, exafs_repr_of(norm)), nan=0.0))
+        parts.append(np.nan_to_num(data.exafs_input(exafs_repr_of(norm)), nan=0.0))
     if features == "both":
         parts.append(np.stack([data.has_xanes, data.has_exafs], axis=1).astype(float))
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(data), 0))
@@ -735,7 +748,7 @@ def input_norm(train: SiteTable, exafs_repr: str = DEFAULT_EXAFS_REPR) -> dict:
     """
     out: dict[str, Any] = {"exafs_repr": exafs_repr}
     for kind, arr, has in (("xanes", train.xanes, train.has_xanes),
-                           ("exafs", exafs_vector(train.exafs, exafs_repr), train.has_exafs)):
+                           ("exafs", train.exafs_input(exafs_repr), train.has_exafs)):
         rows = arr[has]
         if len(rows) < 2:
             mean, std = np.zeros(arr.shape[1]), np.ones(arr.shape[1])
@@ -753,7 +766,7 @@ def _nn_inputs(data: SiteTable, features: str, norm: dict) -> dict:
     n = len(data)
     x = torch.as_tensor((data.xanes - np.asarray(norm["xanes_mean"])) / np.asarray(norm["xanes_std"]),
                         dtype=torch.float32)
-    ev = exafs_vector(data.exafs, exafs_repr_of(norm))
+    ev = data.exafs_input(exafs_repr_of(norm))
     e = torch.as_tensor((ev - np.asarray(norm["exafs_mean"])) / np.asarray(norm["exafs_std"]),
                         dtype=torch.float32)
     hx = torch.as_tensor(data.has_xanes & (features != "exafs"))
@@ -1382,7 +1395,7 @@ def saw_kind(config: dict, kind: str, element: str | None = None) -> bool:
 
 
 def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xanes: bool, have_exafs: bool,
-               measured: bool, arch: str | None = None):
+               measured: bool, arch: str | None = None, entries: Sequence | None = None):
     """The registry entry (members not loaded) best suited to the inputs, or None.
 
     Preference: feature variant matching the inputs, then the task's default arch, then the target
@@ -1391,7 +1404,8 @@ def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xa
 
     variants = _wanted_variants(have_xanes, have_exafs)
     best, best_key = None, None
-    for e in registry.list_models(engine, task=task):
+    # entries: the registry listing when the caller already has it (screening asks many times)
+    for e in (registry.list_models(engine, task=task) if entries is None else [e for e in entries if e.task == task]):
         cfg = e.config or {}
         variant = VARIANT_OF.get(e.kind or "")
         if variant not in variants or (arch and e.arch != arch):

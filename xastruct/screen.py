@@ -276,6 +276,7 @@ class _Inputs:
     site_id: list
     xanes: list
     exafs: list
+    exafs_r: np.ndarray | None = None  # |chi(R)| of every row's EXAFS (NaN where none), made once
 
 
 def is_calculated(source: str | None) -> bool:
@@ -433,10 +434,16 @@ def _closed_loop_inputs(engine, elements, reasons: Counter) -> _Inputs:
 
 
 def _table(inp: _Inputs, idx: Sequence[int]):
-    from .inverse import EXAFS_GRID, XANES_GRID, SiteTable
+    from .inverse import EXAFS_GRID, R_GRID, XANES_GRID, SiteTable, chir_magnitude
 
     n = len(idx)
     nan_x, nan_e = np.full(len(XANES_GRID), np.nan), np.full(len(EXAFS_GRID), np.nan)
+    if inp.exafs_r is None:
+        # one Fourier transform per input row for all tasks and models (they would redo it per batch)
+        rows = [i for i, e in enumerate(inp.exafs) if e is not None]
+        inp.exafs_r = np.full((len(inp.exafs), len(R_GRID)), np.nan)
+        if rows:
+            inp.exafs_r[rows] = chir_magnitude(np.stack([inp.exafs[i] for i in rows]))
     return SiteTable(
         element=np.array([inp.element[i] for i in idx], dtype=str), edge=np.array([inp.edge[i] for i in idx], dtype=str),
         structure_id=np.array([inp.structure_id[i] or -1 for i in idx], dtype=np.int64),
@@ -444,7 +451,7 @@ def _table(inp: _Inputs, idx: Sequence[int]):
         group=np.array([""] * n, dtype=str), cn=np.zeros(n, np.int64), mnnd=np.zeros(n), neighbor=np.array([""] * n, dtype=str),
         xanes=np.stack([inp.xanes[i] if inp.xanes[i] is not None else nan_x for i in idx]) if n else np.zeros((0, len(XANES_GRID))),
         exafs=np.stack([inp.exafs[i] if inp.exafs[i] is not None else nan_e for i in idx]) if n else np.zeros((0, len(EXAFS_GRID))),
-        keys=[[] for _ in idx],
+        keys=[[] for _ in idx], exafs_r=inp.exafs_r[list(idx)] if n else np.zeros((0, len(R_GRID))),
     )
 
 
@@ -480,6 +487,7 @@ def screen_inverse(
     groups: dict[tuple, list[int]] = defaultdict(list)  # (task, model id) -> row indices
     entries: dict[int, Any] = {}
     choice_cache: dict[tuple, Any] = {}
+    listing = None  # the registry, read once
     for i in range(len(inp.ref)):
         have_x, have_e = inp.xanes[i] is not None, inp.exafs[i] is not None
         for task in INVERSE_TASKS:
@@ -487,9 +495,11 @@ def screen_inverse(
                 continue
             ck = (task, inp.element[i], inp.edge[i], have_x, have_e, inp.measured[i])
             if ck not in choice_cache:
+                if listing is None:
+                    listing = registry.list_models(engine)
                 choice_cache[ck] = explicit if explicit is not None else find_model(
                     engine, task, inp.element[i], inp.edge[i], have_xanes=have_x, have_exafs=have_e,
-                    measured=inp.measured[i])
+                    measured=inp.measured[i], entries=listing)
             e = choice_cache[ck]
             res.targets += 1
             if e is None:
