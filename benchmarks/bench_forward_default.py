@@ -73,7 +73,7 @@ def main() -> None:
             te = res.metrics["summary"]["test"]
             r = {"element": d["element"], "edge": d["edge"], "kind": d["kind"], "arch": arch, "spectra": data.n,
                  "materials": d["materials"], "test_n": te.get("n", 0), "mae": te["mae"]["mean"], "mae_std": te["mae"]["std"],
-                 "cosine": te["cosine"]["mean"], "seconds": round(time.perf_counter() - t, 1)}
+                 "cosine": te["cosine"]["mean"], "seconds": round(time.perf_counter() - t, 1), "seeds": args.seeds}
             done[key] = r
             with cache.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
@@ -85,7 +85,9 @@ def write_table(datasets, archs, done, args, seconds) -> None:
     lines = [
         "# Forward models on the embedded default dataset (held-out materials)",
         "",
-        f"`.venv/bin/python benchmarks/bench_forward_default.py --archs {args.archs} --seeds {args.seeds}` on "
+        f"`.venv/bin/python benchmarks/bench_forward_default.py --archs {args.archs} --seeds {args.seeds}` (cells "
+        "already in results/forward_default.jsonl are read back with the seed count they were run with, column "
+        "'seeds' below) on "
         f"{os.cpu_count()} CPU cores (load average at the end {os.getloadavg()[0]:.1f}). Every element/edge/kind with "
         ">= 40 site spectra from >= 20 structures (what `xastruct train forward --all` trains); one material split "
         "per dataset (seed 0, 0.8/0.1/0.1, StructureMatcher twins together), shared by all archs. Cells: test MAE "
@@ -114,10 +116,13 @@ def write_table(datasets, archs, done, args, seconds) -> None:
         lines.append(f"| {d['element']} | {d['edge']} | {d['kind']} | {first['spectra']} | {d['materials']} | "
                      f"{first['test_n']} | " + " | ".join(f"{c['mae']:.4f} ± {c['mae_std']:.4f}" if c else "-" for c in cells)
                      + " |")
-    lines += ["", "| arch | datasets | mean test MAE over datasets | beats the training-mean spectrum |", "|---|---|---|---|"]
+    lines += ["", "| arch | seeds | datasets | mean test MAE over datasets | beats the training-mean spectrum |",
+              "|---|---|---|---|---|"]
     for a in archs:
         if maes[a]:
-            lines.append(f"| {a} | {len(maes[a])} | {np.mean(maes[a]):.4f} | "
+            # cells from before the seed count was recorded were run with 3
+            seeds = sorted({c.get("seeds", 3) for (_, _, _, arch), c in done.items() if arch == a})
+            lines.append(f"| {a} | {'/'.join(map(str, seeds))} | {len(maes[a])} | {np.mean(maes[a]):.4f} | "
                          + ("-" if a == "mean" else f"{wins[a]} of {len(maes[a])}") + " |")
     lines += ["", f"{n_rows} datasets; wall time of this invocation {seconds / 60:.1f} min. Test sets are small "
               "(5-15 spectra), so single cells are noisy; the summary rows are the readable part."]
