@@ -239,13 +239,14 @@ def chir_magnitude(k2chi: np.ndarray) -> np.ndarray:
     return np.hypot(x @ c, x @ s)
 
 
-def exafs_vector(k2chi: np.ndarray, repr: str = "k") -> np.ndarray:
-    """The EXAFS input of the models for representation *repr* (:data:`EXAFS_REPRS`)."""
+def exafs_vector(k2chi: np.ndarray, repr: str = "k", chir: np.ndarray | None = None) -> np.ndarray:
+    """The EXAFS input of the models for representation *repr* (:data:`EXAFS_REPRS`); *chir* is
+    ``chir_magnitude(k2chi)`` when the caller already has it."""
     if repr == "k":
         return np.asarray(k2chi, float)
     if repr == "k+R":
         x = np.atleast_2d(np.asarray(k2chi, float))
-        return np.concatenate([x, chir_magnitude(x)], axis=1)
+        return np.concatenate([x, chir_magnitude(x) if chir is None else chir], axis=1)
     raise ValueError(f"unknown EXAFS representation {repr!r}; use one of {EXAFS_REPRS}")
 
 
@@ -314,13 +315,9 @@ class SiteTable:
     def exafs_input(self, repr: str = "k") -> np.ndarray:
         """The models' EXAFS input for representation *repr* (see :func:`exafs_vector`); the R part
         is computed once per table, since every task's models read it."""
-        if repr == "k":
-            return self.exafs
-        if repr != "k+R":
-            raise ValueError(f"unknown EXAFS representation {repr!r}; use one of {EXAFS_REPRS}")
-        if self.exafs_r is None:
+        if repr == "k+R" and self.exafs_r is None:
             self.exafs_r = chir_magnitude(self.exafs)
-        return np.concatenate([self.exafs, self.exafs_r], axis=1)
+        return exafs_vector(self.exafs, repr, self.exafs_r)
 
     def __len__(self) -> int:
         return len(self.element)
