@@ -71,7 +71,8 @@ def _results_table(task: str, results: list) -> Table:
               help="EXAFS input: k^2 chi(k) alone, or followed by |chi(R)| (its Fourier transform).")
 @click.option("--augment", default=0, show_default=True, type=click.IntRange(0, 20),
               help="Train also on N measurement-like copies of each EXAFS row (amplitude, disorder, E0 shift, "
-                   "noise; see inverse.augment_exafs): for models meant for measured spectra.")
+                   "noise; see inverse.augment_exafs). Meant for measured spectra, but on the xaslib benchmark it made "
+                   "MNND worse (README), so off by default.")
 @click.option("--epochs", default=inv.DEFAULT_HP["epochs"], show_default=True, type=int)
 @click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
