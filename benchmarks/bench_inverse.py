@@ -69,6 +69,19 @@ def pooled(task: str, results: list[inv.TrainResult]) -> dict:
     return out
 
 
+def class_report(results: list[inv.TrainResult]) -> list[tuple[str, dict]]:
+    """Per-class precision / recall / F1 of seed 0 on the test rows, pooled over the per-element models,
+    most frequent class first (classes a model predicted but never saw in test have support 0)."""
+    from sklearn.metrics import classification_report
+
+    ps = [r.test_predictions[0] for r in results if r.test_predictions]
+    true = np.concatenate([np.asarray(p["true"], str) for p in ps])
+    label = np.concatenate([np.asarray(p["label"], str) for p in ps])
+    rep = classification_report(true, label, output_dict=True, zero_division=0)
+    rows = [(c, r) for c, r in rep.items() if isinstance(r, dict) and c not in ("macro avg", "weighted avg")]
+    return sorted(rows, key=lambda cr: -cr[1]["support"])
+
+
 def group_mean(summary: dict, metric: str) -> float:
     vals = [v[metric][0] for v in summary.get("groups", {}).values()
             if metric in v and v[metric][0] is not None and np.isfinite(v[metric][0]) and v.get("n", 0) > 0]
@@ -147,8 +160,12 @@ def run(args) -> str:
     tasks = args.tasks.split(",")
     lines = ["# Inverse models: spectra -> CN, MNND, neighbour type", "",
              f"`{' '.join(['python', 'benchmarks/bench_inverse.py', *sys.argv[1:]])}`; torch threads 1, "
-             f"sklearn n_jobs 1, CPU; AdamW lr {args.lr}, weight decay 0.01, batch 64, <= {args.epochs} epochs "
-             "with early stopping on val (loss for MNND, macro-F1 for classifiers). Test = held-out materials "
+             f"sklearn n_jobs 1, CPU; AdamW lr {args.lr}, weight decay 0.01, batch 64, "
+             + (f"<= {args.epochs} epochs " if args.epochs else
+                "<= {} epochs (MNND {}; patience {}, MNND {}) ".format(
+                    inv.DEFAULT_HP["epochs"], inv.TASK_HP["mnnd"]["epochs"], inv.DEFAULT_HP["patience"],
+                    inv.TASK_HP["mnnd"]["patience"]))
+             + "with early stopping on val (MAE for MNND, macro-F1 for classifiers). Test = held-out materials "
              "(split by reduced formula, 70/15/15, seed 0). Main models: "
              f"{args.seeds} seeds, ablations: {args.ablation_seeds}. Values are mean ± std over seeds; "
              "'per-element' = mean over (element, edge) groups. Trivial = per-element mean MNND / majority "
@@ -173,12 +190,15 @@ def run(args) -> str:
                   if t in tasks and "exafs" in kinds]
         if "mnnd" in tasks:
             plans += [("mnnd", "sgmlp", main_variant, True, args.seeds, "universal SGMLP + element/edge", R),
-                      ("mnnd", "sgmlp", main_variant, False, args.seeds, "universal SGMLP, no element/edge", R),
+                      ("mnnd", "sgmlp", main_variant, False, args.ablation_seeds, "universal SGMLP, no element/edge", R),
                       ("mnnd", "rf", main_variant, True, args.seeds, "RF per element (baseline)", R)]
             plans += [("mnnd", a, main_variant, True, args.ablation_seeds, f"ablation {a}", R)
                       for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
             plans += [("mnnd", "sgmlp", v, True, args.ablation_seeds, f"universal SGMLP, {v} only", R)
                       for v in variants[1:]]
+            # the early-stopping rule before session 5 (val Gaussian NLL): it stops after ~40 epochs
+            plans += [("mnnd", "sgmlp", main_variant, True, args.ablation_seeds,
+                       "universal SGMLP, stopped on val NLL", R, {"mnnd_stop": "loss"})]
         if "cn" in tasks:
             plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}", R) for v in variants]
             plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)", R)]
@@ -190,10 +210,12 @@ def run(args) -> str:
         plans += k_only
         table = defaultdict(list)
         per_element_rows = defaultdict(dict)
-        for task, arch, variant, use_el, seeds, label, exafs_repr in plans:
+        per_class = {}
+        for task, arch, variant, use_el, seeds, label, exafs_repr, *extra_hp in plans:
             t = time.perf_counter()
             res = inv.train_inverse(eng, task=task, arch=arch, features=variant, seeds=seeds, split_seed=0,
-                                    device=args.device, use_element=use_el, hp=hp, register=False, data=data,
+                                    device=args.device, use_element=use_el, hp={**hp, **(extra_hp or [{}])[0]},
+                                    register=False, data=data,
                                     min_sites=args.min_sites, exafs_repr=exafs_repr)
             secs = time.perf_counter() - t
             if not res:
@@ -201,6 +223,8 @@ def run(args) -> str:
             pm = pooled(task, res)
             table[task].append((label, variant, pm, secs))
             per_element_rows[task][label] = pm.get("groups", {})
+            if task != "mnnd" and label in ("RF per element, " + main_variant, "SGMLP per element"):
+                per_class[task] = (label, class_report(res))
             print(f"{name} {task} {label} [{variant}] {secs:.0f}s: "
                   + ", ".join(f"{k}={fmt(v)}" for k, v in pm["overall"].items() if k != "n"), flush=True)
             if exafs_repr == R and (task, arch, variant, use_el) in (("mnnd", "sgmlp", main_variant, True),
@@ -249,6 +273,13 @@ def run(args) -> str:
                                            "(per-element mean)",
                                      f"acc {acc:.3f}, macro-F1 {f1:.3f} (pooled over elements: {pacc:.3f}, {pf1:.3f})",
                                      "met" if acc >= goal[0] and f1 >= goal[1] else "NOT met"))
+        # ---- per class: where macro-F1 is lost (rare classes weigh as much as common ones)
+        for task, (label, rep) in per_class.items():
+            lines += [f"### {task}: per class, {label} (seed 0, all elements pooled)", "",
+                      "| class | n test | precision | recall | F1 |", "|---|---|---|---|---|"]
+            lines += [f"| {c} | {r['support']:.0f} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1-score']:.2f} |"
+                      for c, r in rep]
+            lines.append("")
         # ---- per element (main model vs RF vs trivial)
         for task, metric in (("mnnd", "mae"), ("cn", "accuracy"), ("neighbor", "macro_f1")):
             rows = per_element_rows.get(task)
@@ -279,7 +310,7 @@ def main() -> None:
                     "EXAFS simulated into it: `xastruct simulate --elements Cu --kind exafs`), or 'none'")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ablation-seeds", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: each task's, inverse.TASK_HP)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--min-sites", type=int, default=20)
     ap.add_argument("--tasks", default="mnnd,cn,neighbor")

@@ -513,3 +513,25 @@ def test_augment_exafs_perturbs_copies_like_a_measurement():
     ratio = np.abs(copies).max(axis=2) / np.abs(t.exafs[1:]).max(axis=1)
     assert (ratio < 1.25).all() and (ratio > 0.3).all()
     assert inv.augment_exafs(t, 0, seed=1) is t
+
+
+def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
+    # MNND trains longer and stops on its val MAE; the classifiers keep the shared defaults
+    assert inv.task_hp("mnnd")["epochs"] > inv.task_hp("cn")["epochs"] == inv.DEFAULT_HP["epochs"]
+    assert inv.task_hp("mnnd")["mnnd_stop"] == "mae"
+    assert inv.task_hp("cn", {"epochs": 5, "patience": None})["patience"] == inv.DEFAULT_HP["patience"]
+    url, eng, _, _ = trained
+    train, _ = _cli()
+    r = CliRunner().invoke(train, ["inverse", "--task", "mnnd", "--all", "--seeds", "1", "--device", "cpu",
+                                   "--min-sites", "10", "--epochs", "7", "--patience", "3", "--db", url,
+                                   "--models-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    newest = max(registry.list_models(eng, task="mnnd"), key=lambda e: e.id)
+    hp = newest.config["hyperparameters"]
+    assert (hp["epochs"], hp["patience"], hp["mnnd_stop"]) == (7, 3, "mae")
+    assert newest.metrics["fits"][0]["epochs_run"] <= 7
+    # the variance head was recalibrated on the val materials and the factor went into the saved model
+    scale = newest.metrics["fits"][0]["var_scale"]
+    assert np.isfinite(scale) and scale > 0
+    member = inv.load_member(newest.member_dirs()[0], device="cpu")
+    assert member.var_scale == pytest.approx(scale, rel=1e-6)

@@ -412,6 +412,30 @@ def test_mnnd_nll_learns_uncertainty():
     assert float(var[noisy].median()) > 4 * float(var[~noisy].median())
 
 
+def test_mnnd_variance_calibration_scales_the_head_and_survives_save_load(tmp_path):
+    _seed(5)
+    x, _ = _synthetic_spectra(32, seed=5)
+    model = M.MNNDRegressor(n_xanes=40, n_exafs=32, d_embed=16, channels=4, d_hidden=32, variance=True,
+                            target_mean=2.4, target_std=0.35).eval()
+    with torch.no_grad():
+        before = model(**x)
+    # held-out errors twice the predicted sigma -> variances 4x larger afterwards
+    factor = model.calibrate_variance(residuals=2.0 * before.var.sqrt(), variances=before.var)
+    assert factor == pytest.approx(4.0, rel=1e-6) and model.var_scale == pytest.approx(4.0, rel=1e-6)
+    with torch.no_grad():
+        after = model(**x)
+    torch.testing.assert_close(after.var, 4.0 * before.var)
+    torch.testing.assert_close(after.mean, before.mean)
+    model.save(tmp_path / "m")
+    again = M.load_model(tmp_path / "m", device="cpu").eval()
+    assert again.config["var_scale"] == pytest.approx(4.0, rel=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**x).var, after.var)
+    # without a variance head there is nothing to scale
+    plain = M.MNNDRegressor(n_xanes=40, n_exafs=32, d_embed=16, channels=4, d_hidden=32)
+    assert plain.calibrate_variance(residuals=torch.ones(3), variances=torch.ones(3)) == 1.0
+
+
 # ----------------------------------------------------------------------------------------------
 # Persistence: every registered class round-trips
 # ----------------------------------------------------------------------------------------------

@@ -73,7 +73,12 @@ def _results_table(task: str, results: list) -> Table:
               help="Train also on N measurement-like copies of each EXAFS row (amplitude, disorder, E0 shift, "
                    "noise; see inverse.augment_exafs). Meant for measured spectra, but on the xaslib benchmark it made "
                    "MNND worse (README), so off by default.")
-@click.option("--epochs", default=inv.DEFAULT_HP["epochs"], show_default=True, type=int)
+@click.option("--epochs", default=None, type=int,
+              help=f"Most epochs per seed [default: {inv.DEFAULT_HP['epochs']}, mnnd "
+                   f"{inv.TASK_HP['mnnd']['epochs']}].")
+@click.option("--patience", default=None, type=int,
+              help=f"Early-stopping patience in epochs [default: {inv.DEFAULT_HP['patience']}, mnnd "
+                   f"{inv.TASK_HP['mnnd']['patience']}].")
 @click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
 @click.option("--batch-size", default=inv.DEFAULT_HP["batch_size"], show_default=True, type=int)
@@ -84,7 +89,7 @@ def _results_table(task: str, results: list) -> Table:
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, use_element,
-            variance, exafs_repr, augment, epochs, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+            variance, exafs_repr, augment, epochs, patience, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
@@ -92,7 +97,8 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
                                                      for e in elements.split(",") if e.strip()]
     eds = None if not edges else [check_edge("--edge", e) for e in edges.split(",") if e.strip()]
     eng = store.get_engine(db)
-    hp = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "augment": augment}
+    hp = {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+          "augment": augment}
     skipped: list[str] = []
 
     def log(msg: str) -> None:
