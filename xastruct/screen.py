@@ -276,7 +276,20 @@ class _Inputs:
     site_id: list
     xanes: list
     exafs: list
-    exafs_r: np.ndarray | None = None  # |chi(R)| of every row's EXAFS (NaN where none), made once
+    _chir: np.ndarray | None = None
+
+    def chir(self) -> np.ndarray:
+        """|chi(R)| of every row's EXAFS (NaN where none): one Fourier transform per input row for all
+        tasks and models (each would otherwise redo it per batch); computed on first use, the rows
+        being complete by then."""
+        if self._chir is None:
+            from .inverse import R_GRID, chir_magnitude
+
+            rows = [i for i, e in enumerate(self.exafs) if e is not None]
+            self._chir = np.full((len(self.exafs), len(R_GRID)), np.nan)
+            if rows:
+                self._chir[rows] = chir_magnitude(np.stack([self.exafs[i] for i in rows]))
+        return self._chir
 
 
 def is_calculated(source: str | None) -> bool:
@@ -434,16 +447,10 @@ def _closed_loop_inputs(engine, elements, reasons: Counter) -> _Inputs:
 
 
 def _table(inp: _Inputs, idx: Sequence[int]):
-    from .inverse import EXAFS_GRID, R_GRID, XANES_GRID, SiteTable, chir_magnitude
+    from .inverse import EXAFS_GRID, R_GRID, XANES_GRID, SiteTable
 
     n = len(idx)
     nan_x, nan_e = np.full(len(XANES_GRID), np.nan), np.full(len(EXAFS_GRID), np.nan)
-    if inp.exafs_r is None:
-        # one Fourier transform per input row for all tasks and models (they would redo it per batch)
-        rows = [i for i, e in enumerate(inp.exafs) if e is not None]
-        inp.exafs_r = np.full((len(inp.exafs), len(R_GRID)), np.nan)
-        if rows:
-            inp.exafs_r[rows] = chir_magnitude(np.stack([inp.exafs[i] for i in rows]))
     return SiteTable(
         element=np.array([inp.element[i] for i in idx], dtype=str), edge=np.array([inp.edge[i] for i in idx], dtype=str),
         structure_id=np.array([inp.structure_id[i] or -1 for i in idx], dtype=np.int64),
@@ -451,7 +458,7 @@ def _table(inp: _Inputs, idx: Sequence[int]):
         group=np.array([""] * n, dtype=str), cn=np.zeros(n, np.int64), mnnd=np.zeros(n), neighbor=np.array([""] * n, dtype=str),
         xanes=np.stack([inp.xanes[i] if inp.xanes[i] is not None else nan_x for i in idx]) if n else np.zeros((0, len(XANES_GRID))),
         exafs=np.stack([inp.exafs[i] if inp.exafs[i] is not None else nan_e for i in idx]) if n else np.zeros((0, len(EXAFS_GRID))),
-        keys=[[] for _ in idx], exafs_r=inp.exafs_r[list(idx)] if n else np.zeros((0, len(R_GRID))),
+        keys=[[] for _ in idx], exafs_r=inp.chir()[list(idx)] if n else np.zeros((0, len(R_GRID))),
     )
 
 
