@@ -913,8 +913,8 @@ class MNNDRegressor(ModelIO, nn.Module):
     def calibrate_variance(self, *, residuals: torch.Tensor, variances: torch.Tensor) -> float:
         """Rescale the variance head by the factor that maximises the Gaussian likelihood of held-out
         *residuals* given the current *variances* (mean of r^2 / var; recorded in the config, so it
-        survives save/load). A head trained to its best MAE is overconfident: without this its +-1
-        sigma held only 30 % of held-out errors on the default dataset."""
+        survives save/load). A head trained to its best MAE is overconfident: see the coverage before
+        and after in benchmarks/results/mnnd_errors_cu.md."""
         if not self.variance or len(residuals) == 0:
             return 1.0
         factor = float(torch.mean(residuals.double() ** 2 / variances.double().clamp_min(1e-12)))
