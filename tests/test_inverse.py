@@ -535,3 +535,67 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     assert np.isfinite(scale) and scale > 0
     member = inv.load_member(newest.member_dirs()[0], device="cpu")
     assert member.var_scale == pytest.approx(scale, rel=1e-6)
+
+
+def _two_absorbers(eng) -> inv.SiteTable:
+    """The synthetic Cu sites plus the same spectra as 'Ni' sites whose CN labels are swapped
+    (4 <-> 6): only the absorber tells the two apart."""
+    from dataclasses import replace
+
+    cu = inv.load_sites(eng)
+    ni = replace(cu, element=np.full(len(cu), "Ni"), cn=np.where(cu.cn == 4, 6, 4),
+                 group=np.array([f"{g}-Ni" for g in cu.group]), keys=[f"{k}-Ni" for k in cu.keys], exafs_r=None)
+    return cu.concat(ni)
+
+
+def test_universal_classifiers_read_the_absorber(trained, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    _, eng, _, _ = trained
+    data = _two_absorbers(eng)
+    kw = dict(task="cn", seeds=1, device="cpu", register=False, data=data, min_sites=10)
+    per_el = inv.train_inverse(None, arch="rf", **kw)
+    assert [(r.element, r.config["use_element"]) for r in per_el] == [("Cu", None), ("Ni", None)]
+    # the forest for all absorbers reads Z, period, group and the edge from extra design columns
+    (rf,) = inv.train_inverse(None, arch="rf", universal=True, **kw)
+    assert rf.element is None and rf.config["use_element"] is True
+    assert rf.config["input_norm"]["element_inputs"] is True
+    X = inv._rf_design(data, "both", rf.config["input_norm"])
+    np.testing.assert_array_equal(X[:, -7:-4], np.where((data.element == "Cu")[:, None], [[29, 4, 11]], [[28, 4, 10]]))
+    assert rf.members[0].estimator.n_features_in_ == X.shape[1]
+    # the network: an element embedding + edge one-hot separate identical spectra with opposite labels,
+    # which the same network without them cannot
+    (blind,) = inv.train_inverse(None, arch="sgmlp", universal=True, use_element=False, hp=FAST_HP, **kw)
+    assert blind.config["use_element"] is False and not blind.members[0].use_element
+    assert blind.metrics["test"]["overall"]["accuracy"][0] <= 0.7
+    ueng = store.get_engine(f"duckdb:///{tmp_path / 'u.duckdb'}")
+    (net,) = inv.train_inverse(ueng, **{**kw, "register": True}, arch="sgmlp", universal=True, hp=FAST_HP,
+                               models_dir=tmp_path / "m")
+    assert net.members[0].use_element and net.config["use_element"] is True
+    acc = {g: m["accuracy"][0] for g, m in net.metrics["test"].items()}
+    assert set(acc) == {"overall", "Cu", "Ni"} and min(acc.values()) >= 0.8, acc
+    # registered, found for Ni and Cu but not for an absorber it never saw, identical after save/load
+    for el, found in (("Ni", True), ("Cu", True), ("Fe", False)):
+        e = inv.find_model(ueng, "cn", el, "K", have_xanes=True, have_exafs=True, measured=False)
+        assert (e is not None and e.id == net.entry.id) == found, el
+    member = inv.load_member(net.entry.member_dirs()[0], device="cpu")
+    test = data.subset(inv.split_by_material(data.group, seed=0) == "test")
+    p = inv._predict_classifier(member, test, net.features, net.config["classes"], net.config["input_norm"],
+                                inv.member_temperature(net.entry.config, 0))
+    np.testing.assert_allclose(p, net.test_predictions[0]["proba"], rtol=1e-5, atol=1e-6)
+    store.dispose_engines()
+
+
+def test_cli_train_inverse_universal_flag(trained, tmp_path):
+    url, eng, _, _ = trained
+    train, _ = _cli()
+    u = f"duckdb:///{tmp_path / 'c.duckdb'}"
+    shutil.copy(url.removeprefix("duckdb:///"), tmp_path / "c.duckdb")
+    r = CliRunner().invoke(train, ["inverse", "--task", "neighbor", "--universal", "--seeds", "1", "--device", "cpu",
+                                   "--min-sites", "10", "--epochs", "5", "--db", u, "--models-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "registered neighbor/all/" in r.output
+    newest = max(registry.list_models(store.get_engine(u), task="neighbor"), key=lambda e: e.id)
+    assert newest.element is None and newest.config["use_element"] is True
+    store.dispose_engines()

@@ -733,7 +733,21 @@ def _rf_design(data: SiteTable, features: str, norm: dict | None = None) -> np.n
         parts.append(np.nan_to_num(data.exafs_input(exafs_repr_of(norm)), nan=0.0))
     if features == "both":
         parts.append(np.stack([data.has_xanes, data.has_exafs], axis=1).astype(float))
+    if (norm or {}).get("element_inputs"):
+        parts.append(element_columns(data.element, data.edge))
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(data), 0))
+
+
+def element_columns(elements: Sequence[str], edges: Sequence[str]) -> np.ndarray:
+    """Absorber Z, period, group and the edge one-hot: what a forest for all absorbers at once
+    splits on to tell them apart (the networks learn an element embedding instead)."""
+    from pymatgen.core import Element
+
+    from .models import EDGES
+
+    props = {el: (Element(el).Z, Element(el).row, Element(el).group) for el in set(map(str, elements))}
+    rows = [[*props[str(el)], *(float(str(ed).upper() == x) for x in EDGES)] for el, ed in zip(elements, edges)]
+    return np.asarray(rows, float).reshape(len(rows), 3 + len(EDGES))
 
 
 def input_norm(train: SiteTable, exafs_repr: str = DEFAULT_EXAFS_REPR) -> dict:
@@ -769,7 +783,25 @@ def _nn_inputs(data: SiteTable, features: str, norm: dict) -> dict:
                         dtype=torch.float32)
     hx = torch.as_tensor(data.has_xanes & (features != "exafs"))
     he = torch.as_tensor(data.has_exafs & (features != "xanes"))
-    return {"x": x, "e": e, "hx": hx, "he": he, "n": n}
+    return {"x": x, "e": e, "hx": hx, "he": he, "n": n, "z": torch.as_tensor(_element_z(data.element)),
+            "edge": _edge_codes(data.edge)}
+
+
+def _edge_codes(edges) -> Any:
+    import torch
+
+    from .models import edge_code
+
+    return edge_code(list(edges)) if len(edges) else torch.zeros(0, dtype=torch.long)
+
+
+def _classifier_call(model, inp: dict, sel=slice(None), dev=None):
+    """Logits of a NeighborClassifier on rows *sel* of _nn_inputs() tensors (moved to *dev*)."""
+    def t(k):
+        return inp[k][sel].to(dev) if dev is not None else inp[k][sel]
+
+    extra = {"element": t("z"), "edge": t("edge")} if getattr(model, "use_element", False) else {}
+    return model(xanes=t("x"), exafs=t("e"), has_xanes=t("hx"), has_exafs=t("he"), **extra)
 
 
 def _torch_seed(seed: int) -> None:
@@ -849,7 +881,7 @@ def _classifier_logits(member, data: SiteTable, features: str, norm: dict) -> np
 
     inp = _nn_inputs(data, features, norm)
     with torch.no_grad():
-        logits = member(xanes=inp["x"], exafs=inp["e"], has_xanes=inp["hx"], has_exafs=inp["he"])
+        logits = _classifier_call(member, inp, dev=member.device)
     return logits.cpu().numpy().astype(float)
 
 
@@ -901,15 +933,12 @@ def _mnnd_kwargs(data: SiteTable, features: str, norm: dict) -> dict:
     """Keyword inputs of MNNDRegressor: energies relative to the edge scaled to O(1)."""
     import torch
 
-    from .models import edge_code
-
     inp = _nn_inputs(data, features, norm)
     n = inp["n"]
     xe = torch.as_tensor(XANES_GRID / XANES_GRID[-1], dtype=torch.float32).expand(n, -1)
     ke = torch.as_tensor(exafs_axis(exafs_repr_of(norm)), dtype=torch.float32).expand(n, -1)
     return dict(xanes_energy=xe, xanes_mu=inp["x"], exafs_energy=ke, exafs_mu=inp["e"], has_xanes=inp["hx"],
-                has_exafs=inp["he"], element=torch.as_tensor(_element_z(data.element)),
-                edge=edge_code(list(data.edge)) if n else torch.zeros(0, dtype=torch.long))
+                has_exafs=inp["he"], element=inp["z"], edge=inp["edge"])
 
 
 def _predict_mnnd(member, data: SiteTable, features: str, norm: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -937,7 +966,9 @@ def _slice_inputs(kw: dict, idx) -> dict:
 def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, features: str, classes: list[str],
                   mapper: Callable, seed: int, hp: dict, device, norm: dict, use_element: bool,
                   variance: bool):
-    """One seed's model (an SklearnMember or a ModelIO network on *device*) and its fit info."""
+    """One seed's model (an SklearnMember or a ModelIO network on *device*) and its fit info.
+    *use_element*: the network gets the absorber and edge as inputs (the forest reads them from the
+    design matrix when *norm* says ``element_inputs``)."""
     import torch
 
     _torch_seed(seed)
@@ -981,7 +1012,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
     else:
         model = NeighborClassifier(n_xanes=len(XANES_GRID), n_exafs=n_exafs, n_classes=len(classes),
                                    arch=arch, d_embed=hp["d_embed"], d_hidden=hp["d_hidden"],
-                                   n_layers=hp["n_layers"], dropout=hp["dropout"]).to(dev)
+                                   n_layers=hp["n_layers"], dropout=hp["dropout"], use_element=use_element).to(dev)
         col = {c: i for i, c in enumerate(classes)}
         inp = {s: _nn_inputs(d, features, norm) for s, d in (("train", train), ("val", val))}
         ys = {s: torch.as_tensor([col.get(c, -100) for c in mapper(_label(task, d))], dtype=torch.long)
@@ -989,10 +1020,8 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
         weights = _class_weights(ys["train"].numpy(), len(classes)).to(dev) if hp["class_weight"] else None
 
         def loss_on(split, idx):
-            t = inp[split]
             sel = slice(None) if idx is None else idx
-            logits = model(xanes=t["x"][sel].to(dev), exafs=t["e"][sel].to(dev), has_xanes=t["hx"][sel].to(dev),
-                           has_exafs=t["he"][sel].to(dev))
+            logits = _classifier_call(model, inp[split], sel, dev)
             return torch.nn.functional.cross_entropy(logits, ys[split][sel].to(dev), weight=weights,
                                                      ignore_index=-100)
 
@@ -1000,9 +1029,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
             # macro-F1 is the target metric; weighted CE keeps falling while rare classes are still missed
             from sklearn.metrics import f1_score
 
-            t = inp[split]
-            pred = model(xanes=t["x"].to(dev), exafs=t["e"].to(dev), has_xanes=t["hx"].to(dev),
-                         has_exafs=t["he"].to(dev)).argmax(-1).cpu().numpy()
+            pred = _classifier_call(model, inp[split], dev=dev).argmax(-1).cpu().numpy()
             y = ys[split].numpy()
             f1 = f1_score(y, pred, average="macro", zero_division=0)
             return -(f1 + 0.1 * float(np.mean(pred == y)))  # accuracy breaks macro-F1 ties
@@ -1084,7 +1111,9 @@ def train_task(
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train *seeds* members of one model on *data* (already restricted to its element/edge, or all
-    elements for the universal MNND) and evaluate them on the held-out materials."""
+    elements for a universal model: *element* None) and evaluate them on the held-out materials.
+    *use_element*: a universal model gets the absorber and edge as inputs (the MNND network always
+    when asked; a per-element model never needs them)."""
     from .models import pick_device
 
     if task not in TASKS:
@@ -1108,6 +1137,9 @@ def train_task(
         raise InputError("--exafs-repr", f"unknown EXAFS representation {exafs_repr!r}",
                          f"use one of {', '.join(EXAFS_REPRS)}")
     norm = input_norm(train, exafs_repr)
+    elem_in = bool(use_element) and (element is None or (task == "mnnd" and arch != "rf"))
+    if elem_in and arch == "rf":
+        norm["element_inputs"] = True
     classes, mapper = ([], lambda v: v) if task == "mnnd" else _classes_for(task, _label(task, train), min_class_count)
     if task != "mnnd" and len(classes) < 2 and arch != "rf":
         # a one-class network cannot be trained by cross-entropy; the RF handles it trivially
@@ -1132,7 +1164,7 @@ def train_task(
         else:
             member, info = _train_member(task, arch, fit_on, val, features=features, classes=classes, mapper=mapper,
                                          seed=seed, hp=hp, device=dev, norm=norm,
-                                         use_element=use_element, variance=variance)
+                                         use_element=elem_in, variance=variance)
         temp = None
         if task != "mnnd" and not isinstance(member, SklearnMember):
             col = {c: i for i, c in enumerate(classes)}
@@ -1173,7 +1205,7 @@ def train_task(
                  "EXAFS": int(train.has_exafs[train.element == el].sum())}
             for el in sorted(set(train.element.tolist()))},
         "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
-        "use_element": bool(use_element) if task == "mnnd" and arch != "rf" else None,
+        "use_element": elem_in if element is None or (task == "mnnd" and arch != "rf") else None,
         "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
         "min_class_count": min_class_count if task == "neighbor" else None,
         "sources": data.sources, "split_fractions": list(SPLIT_FRACTIONS), "split_unit": "reduced formula",
@@ -1199,7 +1231,9 @@ def _member_predictions(task, member, part: SiteTable, features, classes, mapper
     label = np.array(classes, dtype=object)[proba.argmax(axis=1)].astype(str) if len(part) else np.array([], str)
     true = mapper(_label(task, part))
     # confidence/correctness let callers pool calibration over models with different class lists
-    return {"proba": proba, "label": label, "true": true, "conf": proba.max(axis=1) if len(part) else np.array([]),
+    # raw: the true label before rare classes merge into 'other' ('other' is never the true element)
+    return {"proba": proba, "label": label, "true": true, "raw": _label(task, part),
+            "conf": proba.max(axis=1) if len(part) else np.array([]),
             "correct": label == true, "element": part.element, "edge": part.edge}
 
 
@@ -1247,6 +1281,7 @@ def train_inverse(
     sources: Sequence[str] | None = None,
     use_element: bool = True,
     variance: bool = True,
+    universal: bool | None = None,
     min_sites: int = 20,
     exafs_repr: str = DEFAULT_EXAFS_REPR,
     hp: dict | None = None,
@@ -1256,8 +1291,10 @@ def train_inverse(
     log: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
     """Train (and register) inverse models: one per (element, edge) for cn / neighbor and for the
-    RF MNND baseline, one universal model for the network MNND. (element, edge) pairs with fewer
-    than *min_sites* usable examples are skipped (reported through *log*)."""
+    RF MNND baseline, one universal model for the network MNND (*universal* None: the paper's
+    choice; True / False: one model for all absorbers / one per (element, edge), for any task and
+    arch). (element, edge) pairs with fewer than *min_sites* usable examples are skipped (reported
+    through *log*)."""
     if task not in TASKS:
         raise InputError("--task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
     arch = arch or DEFAULT_ARCH[task]
@@ -1271,7 +1308,9 @@ def train_inverse(
             "simulate spectra first (xastruct simulate / xastruct dataset build) or check --element/--source",
         )
     results = []
-    if task == "mnnd" and arch != "rf":
+    if universal is None:
+        universal = task == "mnnd" and arch != "rf"
+    if universal:
         combos = [(None, None, np.ones(len(data), bool))]
     else:
         pairs = sorted(set(zip(data.element.tolist(), data.edge.tolist())))

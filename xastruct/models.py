@@ -718,7 +718,9 @@ class NeighborClassifier(ModelIO, nn.Module):
 
     Each kind is embedded by its own MLP (``d_embed``); a missing kind (``None``, a row flagged False
     in ``has_xanes``/``has_exafs``, or an all-NaN row) is replaced by a learned "missing" embedding;
-    the two embeddings are concatenated and classified by a further MLP.
+    the two embeddings are concatenated and classified by a further MLP. With ``use_element`` (one
+    model for all absorbers) an absorber-element embedding and the edge one-hot join them, as in
+    :class:`MNNDRegressor`.
     """
 
     def __init__(
@@ -732,15 +734,23 @@ class NeighborClassifier(ModelIO, nn.Module):
         n_layers: int = 3,
         arch: str = "sgmlp",
         dropout: float = 0.0,
+        use_element: bool = False,
+        max_z: int = 103,
+        d_element: int = 16,
     ):
         super().__init__()
         self.n_classes = n_classes
+        self.use_element = use_element
         mk = functools.partial(make_mlp, arch=arch, d_hidden=d_hidden, n_layers=n_layers, dropout=dropout)
         self.xanes_embed = mk(d_in=n_xanes, d_out=d_embed)
         self.exafs_embed = mk(d_in=n_exafs, d_out=d_embed)
         self.xanes_missing = nn.Parameter(torch.zeros(d_embed))
         self.exafs_missing = nn.Parameter(torch.zeros(d_embed))
-        self.classifier = mk(d_in=2 * d_embed, d_out=n_classes)
+        d_in = 2 * d_embed
+        if use_element:
+            self.element_embed = nn.Embedding(max_z + 1, d_element)
+            d_in += d_element + len(EDGES)
+        self.classifier = mk(d_in=d_in, d_out=n_classes)
 
     def forward(
         self,
@@ -749,13 +759,15 @@ class NeighborClassifier(ModelIO, nn.Module):
         exafs: torch.Tensor | None = None,
         has_xanes: torch.Tensor | None = None,
         has_exafs: torch.Tensor | None = None,
+        element: torch.Tensor | None = None,
+        edge: torch.Tensor | None = None,
     ) -> torch.Tensor:
         n, dev = _batch_size(xanes, exafs), self.device
         px, xanes = _present_rows(xanes, has_xanes, n, dev)
         pe, exafs = _present_rows(exafs, has_exafs, n, dev)
         zx = _fill_missing(self.xanes_embed, (xanes,), px, self.xanes_missing)
         ze = _fill_missing(self.exafs_embed, (exafs,), pe, self.exafs_missing)
-        return self.classifier(torch.cat([zx, ze], dim=-1))
+        return self.classifier(torch.cat([zx, ze, *_element_features(self, element, edge, n, dev)], dim=-1))
 
     def predict_proba(self, **inputs) -> torch.Tensor:
         return torch.softmax(self(**inputs), dim=-1)
@@ -772,6 +784,17 @@ def edge_code(edge: str | Sequence[str]) -> torch.Tensor:
         return torch.tensor([EDGES.index(e.upper()) for e in names], dtype=torch.long)
     except ValueError:
         raise ValueError(f"unknown edge in {names}; known: {EDGES}") from None
+
+
+def _element_features(model, element, edge, n: int, dev) -> list[torch.Tensor]:
+    """[absorber embedding, edge one-hot] for a model built with use_element, else []."""
+    if not model.use_element:
+        return []
+    if element is None or edge is None:
+        raise ValueError("this model was built with use_element=True: pass element (Z) and edge (edge_code)")
+    element = torch.as_tensor(element, device=dev).long().reshape(n)
+    edge = torch.as_tensor(edge, device=dev).long().reshape(n)
+    return [model.element_embed(element), F.one_hot(edge, len(EDGES)).float()]
 
 
 class Prediction(NamedTuple):
@@ -896,12 +919,7 @@ class MNNDRegressor(ModelIO, nn.Module):
             pm, mu = _present_rows(mu, has, n, dev)
             # a row whose energy or absorption vector is missing counts as missing
             feats.append(_fill_missing(self._kind_features(e_mlp, mu_mlp, conv), (e, mu), pe & pm, missing))
-        if self.use_element:
-            if element is None or edge is None:
-                raise ValueError("this model was built with use_element=True: pass element (Z) and edge (edge_code)")
-            element = torch.as_tensor(element, device=dev).long().reshape(n)
-            edge = torch.as_tensor(edge, device=dev).long().reshape(n)
-            feats += [self.element_embed(element), F.one_hot(edge, len(EDGES)).float()]
+        feats += _element_features(self, element, edge, n, dev)
         out = self.regressor(torch.cat(feats, dim=-1))
         mean = self.target_mean + self.target_std * out[:, 0]
         if not self.variance:

@@ -63,8 +63,11 @@ def _results_table(task: str, results: list) -> Table:
                    "what a measured spectrum sees.")
 @click.option("--source", "sources", multiple=True,
               help="Spectrum source(s) to train on, in order of preference (e.g. feff10, feff9, feff8l).")
+@click.option("--universal/--per-element", default=None,
+              help="One model for all absorbers (absorber and edge as inputs) or one per (element, edge) "
+                   "[default: universal for the mnnd network, per element otherwise, as in the paper].")
 @click.option("--use-element/--no-use-element", default=True, show_default=True,
-              help="mnnd: give the universal model the absorber and edge.")
+              help="Give a universal model the absorber and edge.")
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="mnnd: Gaussian variance head (NLL loss) for per-prediction uncertainty.")
 @click.option("--exafs-repr", default=inv.DEFAULT_EXAFS_REPR, show_default=True, type=click.Choice(inv.EXAFS_REPRS),
@@ -88,7 +91,7 @@ def _results_table(task: str, results: list) -> Table:
 @click.option("--models-dir", default=None, type=click.Path(file_okay=False),
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
-def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, use_element,
+def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, universal, use_element,
             variance, exafs_repr, augment, epochs, patience, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
@@ -113,10 +116,12 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
     with store.run_record(eng, "train inverse", {"task": task, "elements": els, "edges": eds, "features": features,
                                                  "arch": arch, "seeds": seeds, "split_seed": split_seed,
                                                  "target": target, "sources": list(sources), "exafs_repr": exafs_repr,
+                                                 "universal": universal,
                                                  **hp}) as summary:
         results = inv.train_inverse(eng, task=task, elements=els, edges=eds, features=features, arch=arch,
                                     seeds=seeds, split_seed=split_seed, device=device, target=target,
                                     sources=list(sources) or None, use_element=use_element, variance=variance,
+                                    universal=universal,
                                     min_sites=min_sites, exafs_repr=exafs_repr, hp=hp, models_dir=models_dir, data=data, log=log)
         summary["models"] = [r.entry.name for r in results if r.entry is not None]
         summary["skipped"] = skipped
