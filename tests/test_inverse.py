@@ -599,3 +599,15 @@ def test_cli_train_inverse_universal_flag(trained, tmp_path):
     newest = max(registry.list_models(store.get_engine(u), task="neighbor"), key=lambda e: e.id)
     assert newest.element is None and newest.config["use_element"] is True
     store.dispose_engines()
+
+
+def test_element_columns_match_pymatgen():
+    from pymatgen.core import Element
+
+    for z in range(1, 104):
+        el = Element.from_Z(z)
+        assert inv.SYMBOLS[z - 1] == el.symbol and inv.period_group(z) == (el.row, el.group), el
+    cols = inv.element_columns(["Fe", "La", "Fe"], ["K", "l3", "K"])
+    np.testing.assert_array_equal(cols, [[26, 4, 8, 1, 0, 0, 0], [57, 6, 3, 0, 0, 0, 1], [26, 4, 8, 1, 0, 0, 0]])
+    with pytest.raises(InputError, match="Xx"):
+        inv.element_columns(["Xx"], ["K"])

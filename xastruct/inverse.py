@@ -66,6 +66,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -665,7 +666,11 @@ def load_member(directory, *, device: str | None = "auto"):
     if (d / SKLEARN_FILE).is_file():
         import joblib
 
-        return SklearnMember(estimator=joblib.load(d / SKLEARN_FILE))
+        est = joblib.load(d / SKLEARN_FILE)
+        if hasattr(est, "n_jobs"):
+            # trained with n_jobs=1 (reproducible timings); predicting, the trees run on every core
+            est.n_jobs = os.cpu_count() or 1
+        return SklearnMember(estimator=est)
     from .models import load_model
 
     return load_model(d, device=device)
@@ -741,13 +746,13 @@ def _rf_design(data: SiteTable, features: str, norm: dict | None = None) -> np.n
 def element_columns(elements: Sequence[str], edges: Sequence[str]) -> np.ndarray:
     """Absorber Z, period, group and the edge one-hot: what a forest for all absorbers at once
     splits on to tell them apart (the networks learn an element embedding instead)."""
-    from pymatgen.core import Element
-
     from .models import EDGES
 
-    props = {el: (Element(el).Z, Element(el).row, Element(el).group) for el in set(map(str, elements))}
-    rows = [[*props[str(el)], *(float(str(ed).upper() == x) for x in EDGES)] for el, ed in zip(elements, edges)]
-    return np.asarray(rows, float).reshape(len(rows), 3 + len(EDGES))
+    els, el_idx = np.unique(np.asarray(elements, dtype=str), return_inverse=True)
+    eds, ed_idx = np.unique(np.char.upper(np.asarray(edges, dtype=str)), return_inverse=True)
+    props = np.array([[z, *period_group(z)] for z in _element_z(els)], float).reshape(-1, 3)
+    onehot = np.array([[float(e == x) for x in EDGES] for e in eds], float).reshape(-1, len(EDGES))
+    return np.concatenate([props[el_idx.reshape(-1)], onehot[ed_idx.reshape(-1)]], axis=1)
 
 
 def input_norm(train: SiteTable, exafs_repr: str = DEFAULT_EXAFS_REPR) -> dict:
@@ -923,10 +928,34 @@ def member_temperature(config: dict, i: int) -> float | None:
     return temps[i] if i < len(temps) else None
 
 
-def _element_z(elements: Sequence[str]) -> np.ndarray:
-    from pymatgen.core import Element
+#: element symbols by Z: the inverse models need Z, period and group of many rows fast, and
+#: pymatgen's first Element() lookup loads its whole periodic table (~0.8 s per process)
+SYMBOLS = ("H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br "
+           "Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er "
+           "Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md "
+           "No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og").split()
+_Z = {sym: z for z, sym in enumerate(SYMBOLS, start=1)}
+_PERIOD_ENDS = (2, 10, 18, 36, 54, 86, 118)
 
-    return np.array([Element(str(e)).Z for e in elements], dtype=np.int64)
+
+def period_group(z: int) -> tuple[int, int]:
+    """(period, group) of element *z*, lanthanides and actinides in group 3 (pymatgen's convention)."""
+    period = next(i for i, end in enumerate(_PERIOD_ENDS, start=1) if z <= end)
+    pos = z - (_PERIOD_ENDS[period - 2] if period > 1 else 0) - 1
+    if period == 1:
+        return 1, 1 if z == 1 else 18
+    if period <= 3:
+        return period, pos + 1 if pos < 2 else pos + 11
+    if period <= 5:
+        return period, pos + 1
+    return period, pos + 1 if pos < 2 else 3 if pos <= 16 else pos - 13
+
+
+def _element_z(elements: Sequence[str]) -> np.ndarray:
+    try:
+        return np.array([_Z[str(e)] for e in elements], dtype=np.int64)
+    except KeyError as exc:
+        raise InputError("element", f"unknown element symbol {exc.args[0]!r}", "use a symbol such as Fe or Cu") from None
 
 
 def _mnnd_kwargs(data: SiteTable, features: str, norm: dict) -> dict:
@@ -978,10 +1007,11 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
         X = _rf_design(train, features, norm)
         if task == "mnnd":
             est = RandomForestRegressor(n_estimators=hp["n_estimators"], max_features=hp["rf_max_features"],
-                                        min_samples_leaf=1, n_jobs=1, random_state=seed)
+                                        min_samples_leaf=hp["rf_min_samples_leaf"], n_jobs=1, random_state=seed)
             est.fit(X, train.mnnd)
         else:
             est = RandomForestClassifier(n_estimators=hp["n_estimators"], max_features=hp["rf_max_features"],
+                                         min_samples_leaf=hp["rf_min_samples_leaf"],
                                          class_weight=hp["rf_class_weight"], n_jobs=1, random_state=seed)
             est.fit(X, mapper(_label(task, train)))
         return SklearnMember(estimator=est), {}
@@ -1048,7 +1078,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
 DEFAULT_HP = {
     "epochs": 300, "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "patience": 25,
     "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
-    "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None,
+    "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None, "rf_min_samples_leaf": 1,
     "augment": 0,  # perturbed EXAFS copies per training row (augment_exafs); 0 = off
     "mnnd_stop": "mae",  # MNND early stopping on the val "mae" or the val "loss" (NLL; the old rule)
 }
@@ -1211,7 +1241,8 @@ def train_task(
         "sources": data.sources, "split_fractions": list(SPLIT_FRACTIONS), "split_unit": "reduced formula",
         "member_seeds": [split_seed * 1000 + s for s in range(seeds)], "device": str(dev),
         "hyperparameters": hp if arch != "rf" else {k: hp[k] for k in ("n_estimators", "rf_max_features",
-                                                                           "rf_class_weight", "augment")},
+                                                                           "rf_class_weight", "rf_min_samples_leaf",
+                                                                           "augment")},
         "optimizer": "AdamW" if arch != "rf" else None,
         "temperatures": temperatures if task != "mnnd" else None,
     }
