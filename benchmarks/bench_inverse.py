@@ -219,7 +219,11 @@ def run(args) -> str:
              f"{args.seeds} seeds, ablations: {args.ablation_seeds}. Values are mean ± std over seeds; "
              "'per-element' = mean over (element, edge) groups. Trivial = per-element mean MNND / majority "
              "class from the training materials. EXAFS input = k^2 chi(k) on k 2-12 1/A followed by |chi(R)| "
-             "on R 0.5-6 A (`--exafs-repr k+R`, the default); rows marked 'EXAFS k only' drop the R part.", ""]
+             "on R 0.5-6 A (`--exafs-repr k+R`, the default); rows marked 'EXAFS k only' drop the R part. "
+             "'universal' rows are one model for all absorbers (`--universal`) and also score the (element, edge) "
+             "pairs with fewer than --min-sites sites that per-element models skip (see n test). 'seeds averaged' = "
+             "the members' predictions averaged, as `predict` / `screen` use them; 'val' = the validation materials, "
+             "the only basis for choosing between rows; 'acc vs true label' scores 'other' as wrong.", ""]
     summary_rows = []
     for name, data in datasets:
         kinds = [f for f, ok in (("xanes", data.has_xanes.any()), ("exafs", data.has_exafs.any())) if ok]
