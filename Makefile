@@ -53,8 +53,8 @@ pretrained: install
 	for el in $$(echo $(DEMO_ELEMENTS) | tr , ' '); do \
 	  $(XAS) train forward --element $$el --kind EXAFS --seeds 2 --hidden 64 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB) || exit 1; \
 	done
-	# CN and neighbour: one forest for all absorbers (absorber/edge as inputs); with 20-90 sites per
-	# element the per-element models were worse (benchmarks/results/inverse.md)
+	# CN and neighbour: one forest for all absorbers (absorber/edge as inputs); with 7-132 sites per (element, edge)
+	# the per-element models were worse (benchmarks/results/inverse.md)
 	$(XAS) train inverse --task cn --all --universal --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
 	$(XAS) train inverse --task neighbor --all --universal --arch rf --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
 	$(XAS) train inverse --task mnnd --all --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +229,14 @@ def run(args) -> str:
         kinds = [f for f, ok in (("xanes", data.has_xanes.any()), ("exafs", data.has_exafs.any())) if ok]
         variants = (["both"] if len(kinds) == 2 else []) + kinds
         main_variant = variants[0]
+        per_pair = np.array(sorted(Counter(zip(data.element.tolist(), data.edge.tolist())).values()))
+        per_el = np.array(sorted(Counter(data.element.tolist()).values()))
         lines += [f"## {name}", "",
                   f"{len(data)} sites, {int(data.has_xanes.sum())} with XANES, {int(data.has_exafs.sum())} with "
-                  f"EXAFS, {len(set(zip(data.element, data.edge)))} (element, edge) pairs, "
-                  f"{len(set(data.group))} materials.", ""]
+                  f"EXAFS, {len(per_pair)} (element, edge) pairs, {len(set(data.group))} materials. Sites per "
+                  f"(element, edge): {per_pair.min()}-{per_pair.max()} (median {np.median(per_pair):.0f}; "
+                  f"{int((per_pair < args.min_sites).sum())} pairs below --min-sites {args.min_sites}); per "
+                  f"element: {per_el.min()}-{per_el.max()} (median {np.median(per_el):.0f}).", ""]
         plans = []
         R = inv.DEFAULT_EXAFS_REPR
         # one classifier for all absorbers (absorber/edge as inputs) only differs from the
@@ -270,6 +274,8 @@ def run(args) -> str:
                 plans += [("neighbor", "sgmlp", main_variant, True, args.seeds, "SGMLP universal + element/edge", R),
                           ("neighbor", "rf", main_variant, True, args.seeds, "RF universal + element/edge", R)]
         plans += k_only
+        if args.describe:
+            plans = []
         if args.only:
             wanted = {x.strip() for x in args.only.split(";")}
             plans = [p for p in plans if p[5] in wanted]
@@ -395,6 +401,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="mnnd,cn,neighbor")
     ap.add_argument("--only", default=None,
                     help="semicolon-separated row labels to run (e.g. 'universal SGMLP + element/edge'); default: all")
+    ap.add_argument("--describe", action="store_true", help="only the datasets' sizes, no models")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()

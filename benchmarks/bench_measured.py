@@ -544,8 +544,8 @@ def discussion(rows: list[dict], info: dict) -> str:
     parts = [
         "The models are small and were trained only on the embedded default dataset: feff8l EXAFS "
         "(chi(k) of single FEFF 8 runs with one fixed Debye-Waller factor, SIG2 0.004 A^2, S02 0.9, cluster "
-        "7 A) of 20-90 CHGNet-relaxed prototype structures per absorber, so the CN and neighbour "
-        "classifiers shipped now are one random forest each for all absorbers (absorber and edge as inputs; "
+        "7 A) of a few dozen CHGNet-relaxed prototype structures per absorber (`bench_inverse.py --describe`), so "
+        "the CN and neighbour classifiers shipped now are one random forest each for all absorbers (absorber and edge as inputs; "
         "per-element models had a few dozen training materials each, and the neighbour ones knew only the "
         "metal itself and 'other'), like the universal MNND network."]
     if unseen:
@@ -569,7 +569,7 @@ def discussion(rows: list[dict], info: dict) -> str:
     n_pred = sum(1 for r in rows if r.get("pred"))
     def class_list(c):
         c = [x for x in (c or []) if x != "other"]
-        return ", ".join(c) if len(c) <= 12 else f"{len(c)} elements incl. O, S, N and the metals"
+        return ", ".join(c) if len(c) <= 12 else f"{len(c)} neighbour elements"
 
     lists = sorted({class_list(c) for c in classes.values()})
     parts.append(

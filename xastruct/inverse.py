@@ -1142,8 +1142,8 @@ def train_task(
 ) -> TrainResult:
     """Train *seeds* members of one model on *data* (already restricted to its element/edge, or all
     elements for a universal model: *element* None) and evaluate them on the held-out materials.
-    *use_element*: a universal model gets the absorber and edge as inputs (the MNND network always
-    when asked; a per-element model never needs them)."""
+    *use_element*: a universal model gets the absorber and edge as inputs (a per-element model never
+    needs them)."""
     from .models import pick_device
 
     if task not in TASKS:
@@ -1167,7 +1167,7 @@ def train_task(
         raise InputError("--exafs-repr", f"unknown EXAFS representation {exafs_repr!r}",
                          f"use one of {', '.join(EXAFS_REPRS)}")
     norm = input_norm(train, exafs_repr)
-    elem_in = bool(use_element) and (element is None or (task == "mnnd" and arch != "rf"))
+    elem_in = bool(use_element) and element is None
     if elem_in and arch == "rf":
         norm["element_inputs"] = True
     classes, mapper = ([], lambda v: v) if task == "mnnd" else _classes_for(task, _label(task, train), min_class_count)
@@ -1235,7 +1235,7 @@ def train_task(
                  "EXAFS": int(train.has_exafs[train.element == el].sum())}
             for el in sorted(set(train.element.tolist()))},
         "elements": sorted(set(data.element.tolist())), "edges": sorted(set(data.edge.tolist())),
-        "use_element": elem_in if element is None or (task == "mnnd" and arch != "rf") else None,
+        "use_element": elem_in if element is None else None,
         "variance": bool(variance) if task == "mnnd" and arch != "rf" else None,
         "min_class_count": min_class_count if task == "neighbor" else None,
         "sources": data.sources, "split_fractions": list(SPLIT_FRACTIONS), "split_unit": "reduced formula",

@@ -559,12 +559,10 @@ def screen_inverse(
                     cols["label"] = [classes[b] for b in best.tolist()]
                     # classes whose probability rounds to 0 are left out (a forest for all absorbers has
                     # ~80 neighbour classes, most at exactly 0 for a given spectrum)
-                    order = sorted(range(len(classes)), key=lambda j: classes[j])  # keys sorted, as json sort_keys
-                    names = [json.dumps(classes[j]) for j in order]
-                    rounded = np.round(proba[:, order], 4)
+                    rounded = np.round(proba, 4)
                     cols["probabilities"] = [
-                        "{" + ", ".join(f"{names[j]}: {vals[j]!r}" for j in np.flatnonzero(row).tolist()) + "}"
-                        for row, vals in zip(rounded, rounded.tolist())]  # fmt: skip
+                        json.dumps({classes[j]: p[j] for j in np.flatnonzero(row).tolist()}, sort_keys=True)
+                        for row, p in zip(rounded, rounded.tolist())]  # fmt: skip
                     unc = 1.0 - proba[np.arange(n), best]
                     if task == "cn":
                         vals = np.array([float(c) if c.isdigit() else np.nan for c in classes])
