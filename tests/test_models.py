@@ -479,6 +479,13 @@ def _cases(cu, nacl, masks, chgnet_graphs):
             lambda: M.NeighborClassifier(n_xanes=40, n_exafs=32, n_classes=4, d_embed=8, d_hidden=8),
             lambda m: m(xanes=spec["xanes_mu"], exafs=spec["exafs_mu"]),
         ),
+        "PathEXAFS": (
+            lambda: M.PathEXAFS(k_start=2.0, k_step=0.5, n_k=21, n_basis=6, d_hidden=8, d_element=4, d_atom=5),
+            lambda m: m(*M.PathEXAFS.collate(
+                [29, 11], ["K", "L3"], [M.PathEXAFS.neighbours(cu, 0, 4.0), M.PathEXAFS.neighbours(nacl, 0, 4.0)],
+                atom_feas=[np.linspace(0, 1, 5 * len(cu)).reshape(-1, 5), np.linspace(1, 0, 5 * len(nacl)).reshape(-1, 5)],
+                sites=[0, 0])),
+        ),
         "MNNDRegressor": (
             lambda: M.MNNDRegressor(
                 n_xanes=40, n_exafs=32, d_embed=8, channels=4, pool=2, d_hidden=8,
@@ -498,7 +505,7 @@ def test_round_trip_covers_registry(cu, nacl, masks, chgnet_graphs):
 @pytest.mark.parametrize(
     "name",
     ["GatedLinear", "SwiGLU", "SGMLP", "PlainMLP", "SpectrumHead", "GCNEncoder", "GATEncoder",
-     "MPNNEncoder", "CHGNetEncoder", "ForwardModel", "NeighborClassifier", "MNNDRegressor"],
+     "MPNNEncoder", "CHGNetEncoder", "ForwardModel", "NeighborClassifier", "MNNDRegressor", "PathEXAFS"],
 )
 def test_save_load_round_trip_identical_outputs(name, tmp_path, cu, nacl, masks, chgnet_graphs):
     build, run = _cases(cu, nacl, masks, chgnet_graphs)[name]

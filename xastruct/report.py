@@ -313,6 +313,10 @@ def _model_cells(rows: list[dict], elements: Sequence[str] | None) -> dict[tuple
                 err = _num(((metrics.get("ensemble") or {}).get("test") or {}).get("mae"))
             if r.get("element"):
                 entries.append((r["element"], r.get("edge"), err, test.get("n")))
+            for pair, g in (metrics.get("per_pair") or {}).items():  # a model over several absorbers
+                el, _, edge = pair.partition(":")
+                if el in Z_OF and g.get("n_test"):
+                    entries.append((el, edge, _num((g.get("test") or {}).get("mae")), g.get("n_test")))
         else:
             test = metrics.get("test") or {}
             metric = "mae" if task == "mnnd" else "accuracy"

@@ -38,8 +38,10 @@ from .schema import structures as structures_t
 
 TASKS = ("forward", "inverse", "all")
 INVERSE_TASKS = ("cn", "mnnd", "neighbor")
-#: forward archs screened by default (baselines/ablations are for benchmarks; pick them by --model ID)
-DEFAULT_FORWARD_ARCH = "xastruct"
+#: forward arch screened by default per kind (baselines/ablations are for benchmarks; pick them by
+#: --model ID): the paper's CHGNet + SGMLP for XANES; for EXAFS the path model, which beats it and the
+#: training-mean spectrum where the CHGNet head does not (benchmarks/results/forward_universal.md)
+FORWARD_ARCHS = {"XANES": "xastruct", "EXAFS": "paths"}
 
 __all__ = ["ScreenResult", "forward_models", "screen", "screen_forward", "screen_inverse"]
 
@@ -85,25 +87,48 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def _model_choice(engine, task: str, element: str, model: str | int | None) -> list[registry.ModelEntry]:
-    """Forward models to run for one element: an explicit id/name, or the newest default-arch model
-    per (edge, kind)."""
+def _model_choice(engine, element: str, model: str | int | None) -> list[tuple[registry.ModelEntry, str]]:
+    """(model, edge) pairs to run for one absorber: an explicit id/name, or per (edge, kind) the newest
+    model of the kind's preferred arch (:data:`FORWARD_ARCHS`), the other screened arch otherwise.
+    Models over several absorbers (element None) count for the (element, edge) pairs they trained on."""
+    from .train import serves
+
     if model not in (None, "", "latest"):
         with engine.connect() as conn:
             e = registry._entry(conn, model)
-        return [e] if e.task == task and e.element == element else []
-    newest: dict[tuple, registry.ModelEntry] = {}
-    for e in registry.list_models(engine, task=task, element=element):
-        if e.arch == DEFAULT_FORWARD_ARCH:
-            newest[(e.edge, e.kind)] = e  # list_models is oldest first
-    return list(newest.values())
+        if e.task != "forward":
+            return []
+        if e.element is not None:
+            return [(e, e.edge)] if e.element == element else []
+        return [(e, edge) for edge in _edges_of(e, element)]
+    best: dict[tuple, tuple] = {}
+    for e in registry.list_models(engine, task="forward"):  # oldest first: newer replaces older
+        if e.arch not in FORWARD_ARCHS.values() or (e.element is not None and e.element != element):
+            continue
+        for edge in [e.edge] if e.element is not None else _edges_of(e, element):
+            rank = 0 if e.arch == FORWARD_ARCHS.get(e.kind) else 1
+            key = (edge, e.kind)
+            if key not in best or rank <= best[key][0]:
+                best[key] = (rank, e, edge)
+    return [(e, edge) for _, e, edge in best.values() if serves(e, element, edge)]
+
+
+def _edges_of(entry: registry.ModelEntry, element: str) -> list[str]:
+    pairs = (entry.config or {}).get("pairs", [])
+    return sorted({p.split(":", 1)[1] for p in pairs if p.split(":", 1)[0] == element})
 
 
 def forward_models(engine: sa.Engine, elements: Sequence[str], model: str | int | None = "latest"):
-    return [e for el in elements for e in _model_choice(engine, "forward", el, model)]
+    """(model, element, edge) of every forward prediction job for *elements*."""
+    return [(e, el, edge) for el in elements for e, edge in _model_choice(engine, el, model)]
 
 
 # ----------------------------------------------------------------------------------- forward
+
+
+def _needs_chgnet(entry: registry.ModelEntry) -> bool:
+    mode = entry.config.get("mode")
+    return mode == "pooled" or (mode == "paths" and bool(entry.members[0].d_atom))
 
 
 def _forward_targets(engine, element: str, where: str | None) -> list[tuple[int, int, int]]:
@@ -160,22 +185,24 @@ def screen_forward(
     from .train import crystalnn_neighbors, default_cache_dir, grid_points, predict_sites, resample
 
     t0 = time.perf_counter()
-    entries = forward_models(engine, elements, model)
+    jobs = forward_models(engine, elements, model)  # (entry, element, edge)
+    entries = list({e.id: e for e, _, _ in jobs}.values())
     res = ScreenResult(task="forward", models=[e.name for e in entries], reasons=Counter())
     if not entries:
         return res
-    # work list: (entry, structure_id, site_id, site_index) missing a prediction
+    # work list: (job, structure_id, site_id, site_index) missing a prediction
     with engine.connect() as conn:
         have = _existing_keys(conn, [e.id for e in entries])
-    todo: dict[int, list[tuple]] = defaultdict(list)  # structure_id -> [(entry, site_id, site_index)]
-    targets_by_el = {el: _forward_targets(engine, el, where) for el in {e.element for e in entries}}
-    for e in entries:
-        for sid, site_id, idx in targets_by_el[e.element]:
+    todo: dict[int, list[tuple]] = defaultdict(list)  # structure_id -> [(job, site_id, site_index)]
+    targets_by_el = {el: _forward_targets(engine, el, where) for el in {el for _, el, _ in jobs}}
+    for job in jobs:
+        e, el, _ = job
+        for sid, site_id, idx in targets_by_el[el]:
             res.targets += 1
             if f"{e.id}:site:{site_id}" in have:
                 res.already += 1
             else:
-                todo[sid].append((e, site_id, idx))
+                todo[sid].append((job, site_id, idx))
     if not todo:
         res.seconds = time.perf_counter() - t0
         return res
@@ -195,7 +222,7 @@ def screen_forward(
                 js = dict(conn.execute(sa.select(structures_t.c.id, structures_t.c.structure_json)
                                        .where(structures_t.c.id.in_(batch))).all())
             structs = {sid: _structure(js[sid]) for sid in batch}
-            pooled_needed = any(loaded[e.id].config.get("mode") == "pooled" for sid in batch for e, _, _ in todo[sid])
+            pooled_needed = any(_needs_chgnet(loaded[j[0].id]) for sid in batch for j, _, _ in todo[sid])
             feas: dict[int, np.ndarray] = {}
             if pooled_needed:
                 ordered = [sid for sid in batch if structs[sid].is_ordered]
@@ -207,11 +234,11 @@ def screen_forward(
                 feas = dict(zip(ordered, got))
             nbr_cache: dict[tuple, list[int]] = {}
             rows: list[dict] = []
-            by_model: dict[int, list[tuple]] = defaultdict(list)
+            by_model: dict[tuple, list[tuple]] = defaultdict(list)
             for sid in batch:
-                for e, site_id, idx in todo[sid]:
-                    by_model[e.id].append((sid, site_id, idx))
-            for mid, items in by_model.items():
+                for (e, el, edge), site_id, idx in todo[sid]:
+                    by_model[(e.id, el, edge)].append((sid, site_id, idx))
+            for (mid, element, edge), items in by_model.items():
                 entry = loaded[mid]
                 mode = entry.config.get("mode")
                 if mode == "pooled":
@@ -227,18 +254,29 @@ def screen_forward(
                     zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
                     with torch.no_grad():
                         out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)
+                elif mode == "paths":  # neighbour lists only: the whole batch in one call per member
+                    from .train import path_inputs
+
+                    if entry.members[0].d_atom:  # CHGNet atom features: ordered structures only
+                        items = [it for it in items if it[0] in feas]
+                        if not items:
+                            continue
+                    x = path_inputs(entry, [(structs[sid], idx) for sid, _, idx in items], edge=edge, device=dev,
+                                    atom_feas=[feas[sid] for sid, _, _ in items] if feas else None)
+                    with torch.no_grad():
+                        out = np.stack([m(*x).cpu().numpy() for m in entry.members])
                 else:  # graph / finetune / mean models: one structure at a time
                     out_parts = []
                     for sid, _site_id, idx in items:
-                        out_parts.append(predict_sites(entry, structs[sid], [idx], device=device)[:, 0])
+                        out_parts.append(predict_sites(entry, structs[sid], [idx], device=device, edge=edge)[:, 0])
                     out = np.stack(out_parts, axis=1)
                 mean, spread = out.mean(axis=0), out.std(axis=0)
                 refs = {}
                 with engine.connect() as conn:
-                    refs = _references(conn, [it[1] for it in items], entry.edge, entry.kind)
+                    refs = _references(conn, [it[1] for it in items], edge, entry.kind)
                 for j, (sid, site_id, idx) in enumerate(items):
                     row = dict(key=f"{mid}:site:{site_id}", model_id=mid, structure_id=sid, site_id=site_id,
-                               task="forward", element=entry.element, edge=entry.edge, kind=entry.kind,
+                               task="forward", element=element, edge=edge, kind=entry.kind,
                                target="site", energies=grids[mid], mu=mean[j].astype(float),
                                uncertainty=float(spread[j].mean()) if out.shape[0] > 1 else None, run_id=run_id)
                     ref = refs.get(site_id)

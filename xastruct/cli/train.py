@@ -69,9 +69,10 @@ def train_group() -> None:
 @click.option("--kind", default="XANES", show_default=True, type=click.Choice(["XANES", "EXAFS"]))
 @click.option("--source", default=None, help="Spectrum source (feff9, feff10, ...); needed when the store has several.")
 @click.option("--arch", default="xastruct", show_default=True,
-              type=click.Choice(["xastruct", "gcn", "gat", "mpnn", "mean", "sgmlp_relu", "sgmlp_linear", "mlp"]),
+              type=click.Choice(["xastruct", "gcn", "gat", "mpnn", "mean", "sgmlp_relu", "sgmlp_linear", "mlp", "paths"]),
               help="xastruct: frozen CHGNet + SGMLP head; sgmlp_relu/sgmlp_linear/mlp: head ablations; "
-                   "gcn/gat/mpnn: GNN baselines trained end to end; mean: training-mean spectrum.")  # fmt: skip
+                   "gcn/gat/mpnn: GNN baselines trained end to end; mean: training-mean spectrum; paths (EXAFS): "
+                   "learned single-scattering path sum over the neighbours, best with --universal.")  # fmt: skip
 @click.option("--freeze/--finetune", default=True, show_default=True,
               help="Keep CHGNet frozen (embeddings computed once) or fine-tune it (slow on CPU).")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Train this many seeds; metrics are mean ± std.")
@@ -87,12 +88,17 @@ def train_group() -> None:
 @click.option("--pool", type=click.Choice(["mean", "absorber", "concat"]), default="mean", show_default=True,
               help="Site pooling of the frozen CHGNet features: mean over absorber + first shell (the paper's), "
                    "the absorber's own row, or [absorber, first-shell mean]. README: which wins where.")
+@click.option("--chgnet-atoms/--no-chgnet-atoms", default=True, show_default=True,
+              help="paths: add frozen CHGNet atom features of absorber and neighbours to their element embeddings.")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
 @click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--all", "all_", is_flag=True,
               help=f"Every element/edge/kind/source with >= --min-spectra site spectra from >= --min-materials structures.")  # fmt: skip
+@click.option("--universal", is_flag=True,
+              help="One model over every (element, edge) of --kind in the store, absorber and edge as inputs "
+                   "(--arch paths only; benchmarks/results/forward_universal.md: far better than per element).")
 @click.option("--min-spectra", type=int, default=40, show_default=True)
 @click.option("--min-materials", type=int, default=20, show_default=True)
 @click.option("--models-dir", type=click.Path(file_okay=False), default=None,
@@ -101,20 +107,24 @@ def train_group() -> None:
               help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
 @db_option
 def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay, batch_size,
-            dropout, hidden, pool, max_minutes, keep_last, device, threads, all_, min_spectra, min_materials, models_dir,
-            cache_dir, db):  # fmt: skip
+            dropout, hidden, pool, chgnet_atoms, max_minutes, keep_last, device, threads, all_, universal, min_spectra, min_materials,
+            models_dir, cache_dir, db):  # fmt: skip
     """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
     from .. import train as tr
 
-    if not all_ and not element:
-        raise InputError("train forward", "no --element given", "pass --element Cu (or --all)")
+    if not all_ and not element and not universal:
+        raise InputError("train forward", "no --element given", "pass --element Cu (or --all, or --universal)")
+    if universal and element:
+        raise InputError("train forward", "--universal trains on every element", "drop --element (or --universal)")
     eng = store.get_engine(db)
     config = tr.TrainConfig(
         arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, d_hidden=hidden, max_minutes=max_minutes, keep_last=keep_last,
-        device=device, num_threads=threads, pool=pool,
+        device=device, num_threads=threads, pool=pool, chgnet_atoms=chgnet_atoms,
     )  # fmt: skip
-    if all_:
+    if universal:
+        targets = [dict(element=None, edge=None, kind=kind, source=source)]
+    elif all_:
         targets = tr.available_datasets(eng, min_spectra=min_spectra, min_materials=min_materials)
         if not targets:
             raise InputError("train forward --all", f"no element/edge/kind with >= {min_spectra} site spectra "
@@ -141,6 +151,13 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
             )  # fmt: skip
             if res.data.skipped:
                 out.print(f"  skipped spectra: {res.data.skipped}")
+            pp = [m for m in res.metrics.get("per_pair", {}).values() if m.get("n_test") and "mean_baseline_mae" in m]
+            if pp:
+                wins = sum(m["test"]["mae"] < m["mean_baseline_mae"] for m in pp)
+                out.print(f"  {len(res.metrics['per_pair'])} absorber/edge pairs; on the {len(pp)} with test spectra "
+                          f"the model's MAE beats each pair's training-mean spectrum on {wins} "
+                          f"(mean MAE {sum(m['test']['mae'] for m in pp) / len(pp):.4f} vs "
+                          f"{sum(m['mean_baseline_mae'] for m in pp) / len(pp):.4f})", highlight=False)
             summary.setdefault("models", []).append({"name": e.name, "id": e.id, "test": res.metrics["summary"]["test"]})
     out.print(_metrics_table("held-out materials (test split)", rows))
 
@@ -185,7 +202,8 @@ def predict_group() -> None:
 @click.option("--site", "sites", type=int, multiple=True,
               help="0-based site index (repeatable; default: every symmetry-inequivalent site of the element).")
 @click.option("--model", "model_name", default=None,
-              help="Registered model name or id (default: newest xastruct model, else the newest forward model).")
+              help="Registered model name or id (default: what `screen` runs -- newest xastruct model for XANES, "
+                   "paths for EXAFS, universal ones included -- else the newest forward model).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a plot (PNG/PDF/SVG) here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -208,8 +226,9 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         entry = registry.load(eng, model_name, device=device)
     else:
         entry = _latest_entry(eng, element, edge, kind, device)
-    if entry.element != element or entry.edge != edge or entry.kind != kind:
-        raise InputError(f"model {entry.name}", f"is for {entry.element} {entry.edge} {entry.kind}, not {element} {edge} {kind}",
+    if not tr.serves(entry, element, edge) or entry.kind != kind:
+        covers = f"{entry.element} {entry.edge}" if entry.element else f"{len(entry.config.get('pairs', []))} absorber/edge pairs"
+        raise InputError(f"model {entry.name}", f"is for {covers} {entry.kind}, not {element} {edge} {kind}",
                          "pick a matching --model (see `xastruct models`)")  # fmt: skip
     idx = [i for i, s in enumerate(structure) if getattr(s.specie, "symbol", str(s.specie)) == element]
     if not idx:
@@ -222,7 +241,7 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     else:
         reps = equivalent_sites(structure)
         chosen = sorted({reps[i] for i in idx})
-    preds = tr.predict_sites(entry, structure, chosen, device=device)  # (members, sites, grid)
+    preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     x = tr.grid_points(entry.grid)
     mean, std = preds.mean(0), preds.std(0, ddof=1) if preds.shape[0] > 1 else np.zeros(preds.shape[1:])
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
@@ -249,7 +268,11 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
 
 
 def _latest_entry(eng, element, edge, kind, device):
-    entry = registry.latest(eng, "forward", element, edge, kind, "xastruct", device=device)
+    from ..screen import forward_models
+
+    # what `screen` would run (a per-kind preferred arch, universal models included), else any arch
+    chosen = [e for e, _, ed in forward_models(eng, [element]) if ed == edge and e.kind == kind]
+    entry = registry.load(eng, chosen[0].id, device=device) if chosen else None
     entry = entry or registry.latest(eng, "forward", element, edge, kind, device=device)
     if entry is None:
         raise InputError(f"{element} {edge} {kind}", "no forward model registered",
