@@ -37,20 +37,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="at most this many datasets (smoke runs)")
     args = ap.parse_args()
     from bench_forward import _variants
-    from xastruct import ingest, store, train
+    from xastruct import train
 
     torch.set_num_threads(args.threads)
-    Path(args.db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    eng = store.get_engine(args.db)
-    with eng.connect() as c:
-        if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
-            ingest.ingest_builtin(eng, workers=2, models=False)
+    eng = default_store(args.db)
     cache = RESULTS / "forward_default.jsonl"
-    done = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["element"], r["edge"], r["kind"], r["arch"])] = r
+    done = read_cells(cache, ("element", "edge", "kind", "arch"))
     datasets = train.available_datasets(eng)[: args.limit]
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     spec = dict(zip(archs, _variants(args.archs)))
@@ -79,6 +71,28 @@ def main() -> None:
                 fh.write(json.dumps(r) + "\n")
             print(f"[{i}/{len(datasets)}] {key}: test MAE {r['mae']:.4f} +/- {r['mae_std']:.4f} ({r['seconds']} s)", flush=True)
     write_table(datasets, archs, done, args, time.perf_counter() - t_all)
+
+
+def default_store(db: str):
+    """Engine on a scratch DuckDB store holding the embedded default dataset (ingested on first use)."""
+    from xastruct import ingest, store
+
+    Path(db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    eng = store.get_engine(db)
+    with eng.connect() as c:
+        if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
+            ingest.ingest_builtin(eng, workers=2, models=False)
+    return eng
+
+
+def read_cells(path: Path, key: tuple[str, ...]) -> dict:
+    """Finished benchmark cells from a JSON-lines file, by the tuple of their *key* fields."""
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done[tuple(r[k] for k in key)] = r
+    return done
 
 
 def write_table(datasets, archs, done, args, seconds) -> None:
