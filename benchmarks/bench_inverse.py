@@ -28,6 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xastruct import inverse as inv  # noqa: E402
+
+#: the MNND network the CLI trains by default, and the label of its main row
+M = inv.DEFAULT_ARCH["mnnd"]
+ARCH_NAME = {"sgmlp": "SGMLP", "sgmlp_relu": "SGMLP-ReLU", "sgmlp_linear": "SGMLP-Linear", "mlp": "MLP"}
+MNND_MAIN = f"universal {ARCH_NAME[M]} + element/edge"
 from xastruct import store  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "inverse.md"
@@ -244,21 +249,22 @@ def run(args) -> str:
         several = len(set(zip(data.element, data.edge))) > 1
         # EXAFS read as k^2 chi(k) alone (no |chi(R)|): the ablation of the R-space input
         k_only = [(t, a, main_variant, True, args.ablation_seeds, f"{lab}, EXAFS k only", "k")
-                  for t, a, lab in (("mnnd", "sgmlp", "universal SGMLP + element/edge"),
+                  for t, a, lab in (("mnnd", M, MNND_MAIN),
                                     ("mnnd", "rf", "RF per element (baseline)"),
                                     ("cn", "rf", "RF per element"), ("neighbor", "sgmlp", "SGMLP per element"))
                   if t in tasks and "exafs" in kinds]
         if "mnnd" in tasks:
-            plans += [("mnnd", "sgmlp", main_variant, True, args.seeds, "universal SGMLP + element/edge", R),
-                      ("mnnd", "sgmlp", main_variant, False, args.ablation_seeds, "universal SGMLP, no element/edge", R),
+            plans += [("mnnd", M, main_variant, True, args.seeds, MNND_MAIN, R),
+                      ("mnnd", M, main_variant, False, args.ablation_seeds, f"universal {ARCH_NAME[M]}, no element/edge", R),
                       ("mnnd", "rf", main_variant, True, args.seeds, "RF per element (baseline)", R)]
-            plans += [("mnnd", a, main_variant, True, args.ablation_seeds, f"ablation {a}", R)
-                      for a in ("sgmlp_relu", "sgmlp_linear", "mlp")]
-            plans += [("mnnd", "sgmlp", v, True, args.ablation_seeds, f"universal SGMLP, {v} only", R)
+            # the paper's SGMLP and the other head ablations, beside the default (M)
+            plans += [("mnnd", a, main_variant, True, args.ablation_seeds, "paper's SGMLP" if a == "sgmlp" else f"ablation {a}", R)
+                      for a in ("sgmlp", "sgmlp_relu", "sgmlp_linear", "mlp") if a != M]
+            plans += [("mnnd", M, v, True, args.ablation_seeds, f"universal {ARCH_NAME[M]}, {v} only", R)
                       for v in variants[1:]]
             # the early-stopping rule before session 5 (val Gaussian NLL): it stops after ~40 epochs
-            plans += [("mnnd", "sgmlp", main_variant, True, args.ablation_seeds,
-                       "universal SGMLP, stopped on val NLL", R, {"mnnd_stop": "loss"})]
+            plans += [("mnnd", M, main_variant, True, args.ablation_seeds,
+                       f"universal {ARCH_NAME[M]}, stopped on val NLL", R, {"mnnd_stop": "loss"})]
         if "cn" in tasks:
             plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}", R) for v in variants]
             plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)", R)]
@@ -300,7 +306,7 @@ def run(args) -> str:
                 per_class[(task, label)] = class_report(res)
             print(f"{name} {task} {label} [{variant}] {secs:.0f}s: "
                   + ", ".join(f"{k}={fmt(v)}" for k, v in pm["overall"].items() if k != "n"), flush=True)
-            main_labels = {"mnnd": "universal SGMLP + element/edge", "cn": f"RF per element, {main_variant}",
+            main_labels = {"mnnd": MNND_MAIN, "cn": f"RF per element, {main_variant}",
                            "neighbor": "SGMLP per element"}
             if label == main_labels[task]:
                 triv = trivial_pooled(task, res, data, variant, 0)
@@ -323,7 +329,7 @@ def run(args) -> str:
                              f"{fmt(o.get('cov2'), 2)} | {fmt(ens.get('group_mae'))} | {fmt(ens.get('mae'))} | "
                              f"{fmt(ens.get('cov1'), 2)} | {fmt(pm.get('val_group_mean'))} | {o.get('n')} | {secs:.0f} |")
             lines.append("")
-            main = next((pm for lab, _, pm, _ in table["mnnd"] if lab == "universal SGMLP + element/edge"), None)
+            main = next((pm for lab, _, pm, _ in table["mnnd"] if lab == MNND_MAIN), None)
             rf = next((pm for lab, _, pm, _ in table["mnnd"] if lab == "RF per element (baseline)"), None)
             if main and rf:
                 a, b = group_mean(main, "mae"), group_mean(rf, "mae")
@@ -400,7 +406,7 @@ def main() -> None:
     ap.add_argument("--min-sites", type=int, default=20)
     ap.add_argument("--tasks", default="mnnd,cn,neighbor")
     ap.add_argument("--only", default=None,
-                    help="semicolon-separated row labels to run (e.g. 'universal SGMLP + element/edge'); default: all")
+                    help=f"semicolon-separated row labels to run (e.g. '{MNND_MAIN}'); default: all")
     ap.add_argument("--describe", action="store_true", help="only the datasets' sizes, no models")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=OUT)

@@ -55,7 +55,8 @@ def _results_table(task: str, results: list) -> Table:
 @click.option("--features", default="both", show_default=True, type=click.Choice(inv.FEATURES),
               help="Input spectra: XANES || EXAFS (missing kind masked), XANES only, or EXAFS only.")
 @click.option("--arch", default=None, type=click.Choice(inv.ARCHS),
-              help="Model family (default: rf for cn, sgmlp for neighbor and mnnd).")
+              help="Model family (default: rf for cn, sgmlp for neighbor, sgmlp_relu for mnnd -- ReLU for SwiGLU "
+                   "beat the paper's sgmlp on validation).")
 @click.option("--seeds", default=3, show_default=True, type=int, help="Members (initialisation seeds) per model.")
 @click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the by-material split.")
 @click.option("--target", default="site", show_default=True, type=click.Choice(inv.TARGETS),
