@@ -222,9 +222,9 @@ def screen_forward(
                 js = dict(conn.execute(sa.select(structures_t.c.id, structures_t.c.structure_json)
                                        .where(structures_t.c.id.in_(batch))).all())
             structs = {sid: _structure(js[sid]) for sid in batch}
-            pooled_needed = any(_needs_chgnet(loaded[j[0].id]) for sid in batch for j, _, _ in todo[sid])
+            chgnet_needed = any(_needs_chgnet(loaded[j[0].id]) for sid in batch for j, _, _ in todo[sid])
             feas: dict[int, np.ndarray] = {}
-            if pooled_needed:
+            if chgnet_needed:
                 ordered = [sid for sid in batch if structs[sid].is_ordered]
                 for sid in batch:
                     if sid not in ordered:
@@ -254,7 +254,7 @@ def screen_forward(
                     zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
                     with torch.no_grad():
                         out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)
-                elif mode == "paths":  # neighbour lists only: the whole batch in one call per member
+                elif mode == "paths":  # every site of the batch in one call per member
                     from .train import path_inputs
 
                     if entry.members[0].d_atom:  # CHGNet atom features: ordered structures only
