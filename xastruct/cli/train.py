@@ -97,8 +97,8 @@ def train_group() -> None:
 @click.option("--all", "all_", is_flag=True,
               help=f"Every element/edge/kind/source with >= --min-spectra site spectra from >= --min-materials structures.")  # fmt: skip
 @click.option("--universal", is_flag=True,
-              help="One model over every (element, edge) of --kind in the store, absorber and edge as inputs "
-                   "(--arch paths only; benchmarks/results/forward_universal.md: far better than per element).")
+              help="One model over every (element, edge) of --kind in the store (so --all is implied), absorber and "
+                   "edge as inputs (--arch paths only; benchmarks/results/forward_universal.md: far better than per element).")
 @click.option("--min-spectra", type=int, default=40, show_default=True)
 @click.option("--min-materials", type=int, default=20, show_default=True)
 @click.option("--models-dir", type=click.Path(file_okay=False), default=None,
