@@ -611,3 +611,13 @@ def test_element_columns_match_pymatgen():
     np.testing.assert_array_equal(cols, [[26, 4, 8, 1, 0, 0, 0], [57, 6, 3, 0, 0, 0, 1], [26, 4, 8, 1, 0, 0, 0]])
     with pytest.raises(InputError, match="Xx"):
         inv.element_columns(["Xx"], ["K"])
+
+
+def test_uniform_row_interp_equals_np_interp_including_the_clamped_ends():
+    k = inv.EXAFS_GRID
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(20, len(k)))
+    # shifts that push points below k[0] and above k[-1], where np.interp holds the end values
+    x_new = np.sqrt(np.clip(k[None, :] ** 2 + rng.uniform(-40, 40, size=(20, 1)) / 3.81, 0.0, None))
+    want = np.stack([np.interp(x_new[i], k, y[i]) for i in range(20)])
+    np.testing.assert_allclose(inv._interp_uniform(x_new, k, y), want, rtol=0, atol=1e-10)

@@ -710,6 +710,17 @@ class TrainResult:
 AUGMENT = {"amplitude": (0.75, 1.1), "sigma2": (0.0, 0.004), "e0_ev": (-3.0, 3.0), "noise_k12": (0.0, 0.3)}
 
 
+def _interp_uniform(x_new: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise ``np.interp(x_new[i], x, y[i])`` for a uniform grid *x*, in one array operation
+    (ends held flat like np.interp)."""
+    m = len(x)
+    pos = np.clip((x_new - x[0]) / (x[1] - x[0]), 0.0, m - 1)
+    i0 = np.minimum(pos.astype(np.int64), m - 2)
+    frac = pos - i0
+    rows = np.arange(len(y))[:, None]
+    return y[rows, i0] * (1.0 - frac) + y[rows, i0 + 1] * frac
+
+
 def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
     """*copies* perturbed duplicates of every row with EXAFS (labels unchanged): what separates a
     measured chi(k) from FEFF's with its fixed S0^2 = 0.9 and sigma^2 = 0.004 A^2 -- an amplitude
@@ -727,7 +738,7 @@ def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
         u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in AUGMENT.items()}
         chi = base.exafs / k**EXAFS_KWEIGHT
         kk = np.sqrt(np.clip(k[None, :] ** 2 + u["e0_ev"] / 3.8099821, 0.0, None))
-        shifted = np.stack([np.interp(kk[i], k, chi[i]) for i in range(n)])
+        shifted = _interp_uniform(kk, k, chi)
         chi2 = u["amplitude"] * shifted * np.exp(-2.0 * k[None, :] ** 2 * u["sigma2"])
         noise = rng.standard_normal(chi2.shape) * u["noise_k12"] / 144.0  # k^2 chi noise ~ k^2: chi noise flat
         out = out.concat(replace(base, exafs=(chi2 + noise) * k**EXAFS_KWEIGHT, exafs_r=None))
