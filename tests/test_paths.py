@@ -94,7 +94,13 @@ def test_neighbours_are_the_sites_real_shells_nearest_first():
     assert set(nb[:6, 0].astype(int)) == {8}
     np.testing.assert_allclose(nb[6:18, 1], 4.2 / np.sqrt(2), atol=1e-6)  # 12 Cu at a/sqrt(2)
     assert set(nb[6:18, 0].astype(int)) == {29}
-    za, edge, zn, rn, mask = PathEXAFS.collate([29, 30], ["K", "L3"], [nb, nb[:3]])
+    # in-line atoms: the 6 Cu at a sit straight behind an O at a/2 (collinear, half-way)
+    far = nb[np.isclose(nb[:, 1], 4.2)]
+    assert len(far) == 6 and np.allclose(far[:, 3], 1.0) and set(far[:, 4].astype(int)) == {8}
+    np.testing.assert_allclose(far[:, 5], 0.5, atol=1e-6)
+    assert (nb[:6, 3:] == 0).all()  # the first shell has nothing in front of it
+    za, edge, zn, rn, mask, ha, hn, geo = PathEXAFS.collate([29, 30], ["K", "L3"], [nb, nb[:3]])
+    assert ha is None and hn is None and geo.shape == (2, len(nb), 3)
     assert zn.shape == rn.shape == mask.shape == (2, len(nb)) and mask[1].sum() == 3
     assert edge.tolist() == [0, 3] and za.tolist() == [29, 30]
 

@@ -691,10 +691,10 @@ class PathEXAFS(ModelIO, nn.Module):
 
     def __init__(
         self, *, k_start: float, k_step: float, n_k: int, r_max: float = 6.0, n_basis: int = 16,
-        d_hidden: int = 128, d_element: int = 32, max_z: int = 103, d_atom: int = 0,
+        d_hidden: int = 128, d_element: int = 32, max_z: int = 103, d_atom: int = 0, focus: bool = False,
     ):  # fmt: skip
         super().__init__()
-        self.r_max, self.max_z, self.d_atom = float(r_max), int(max_z), int(d_atom)
+        self.r_max, self.max_z, self.d_atom, self.focus = float(r_max), int(max_z), int(d_atom), bool(focus)
         k = k_start + k_step * torch.arange(n_k, dtype=torch.float32)
         self.register_buffer("k", k)
         centers = torch.linspace(float(k[0]), float(k[-1]), n_basis)
@@ -705,46 +705,72 @@ class PathEXAFS(ModelIO, nn.Module):
         self.atom_proj = nn.Linear(d_atom, d_element) if d_atom else None
         self.edge_embed = nn.Embedding(len(EDGES), 8)
         self.n_basis = n_basis
+        d_focus = d_element + 2 if focus else 0
         self.net = nn.Sequential(
-            nn.Linear(2 * d_element + 8 + 8, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_hidden), nn.SiLU(),
+            nn.Linear(2 * d_element + 8 + 8 + d_focus, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_hidden), nn.SiLU(),
             nn.Linear(d_hidden, 2 * n_basis + 2),
         )  # fmt: skip
 
     @staticmethod
     def neighbours(structure: Any, site_index: int, r_max: float) -> np.ndarray:
-        """(n, 3) [Z, distance in A, site index] of every atom (periodic images included) within
-        *r_max* of the site, nearest first. Disordered sites count by their dominant species."""
-        nbrs = structure.get_neighbors(structure[site_index], r_max)
-        rows = sorted(((max(n.species.items(), key=lambda kv: kv[1])[0].Z, n.nn_distance, n.index)
-                       for n in nbrs if n.nn_distance > 0.1), key=lambda t: t[1])  # fmt: skip
-        return np.array(rows, dtype=np.float32).reshape(-1, 3)
+        """(n, 6) [Z, distance in A, site index, cos, blocker Z, blocker distance / distance] of every
+        atom (periodic images included) within *r_max* of the site, nearest first. The last three
+        describe the closer atom most in line with it (largest cosine between the two bond vectors;
+        Z 0 when none is within 45 degrees): multiple scattering through such an atom (forward
+        focusing) adds to the single-scattering signal at that distance, strongly when collinear.
+        Disordered sites count by their dominant species."""
+        centre = structure[site_index].coords
+        nbrs = sorted((n for n in structure.get_neighbors(structure[site_index], r_max) if n.nn_distance > 0.1),
+                      key=lambda n: n.nn_distance)  # fmt: skip
+        out = np.zeros((len(nbrs), 6), np.float32)
+        if not nbrs:
+            return out
+        z = np.array([max(n.species.items(), key=lambda kv: kv[1])[0].Z for n in nbrs], np.float32)
+        d = np.array([n.nn_distance for n in nbrs])
+        v = np.array([n.coords for n in nbrs]) - centre
+        u = v / d[:, None]
+        cos = u @ u.T
+        closer = d[None, :] < d[:, None] - 0.3  # j (column) is nearer than l (row) by > 0.3 A
+        cos = np.where(closer, cos, -1.0)
+        j = cos.argmax(axis=1)
+        best = cos[np.arange(len(nbrs)), j]
+        inline = best > np.cos(np.pi / 4)
+        out[:, 0], out[:, 1], out[:, 2] = z, d, [n.index for n in nbrs]
+        out[:, 3] = np.where(inline, best, 0.0)
+        out[:, 4] = np.where(inline, z[j], 0.0)
+        out[:, 5] = np.where(inline, d[j] / d, 0.0)
+        return out
 
     @staticmethod
     def collate(
         za: Sequence[int], edges: Sequence[str], nbrs: Sequence[np.ndarray], *, atom_feas: Sequence[np.ndarray] | None = None,
         sites: Sequence[int] | None = None, device=None,
     ) -> tuple:  # fmt: skip
-        """Padded batch tensors for :meth:`forward` from per-site :meth:`neighbours` arrays; with
-        *atom_feas* (each site's structure's CHGNet features, (n_atoms, d)) and the *sites*' indices,
-        also the absorber and neighbour features."""
+        """Padded batch tensors for :meth:`forward` from per-site :meth:`neighbours` arrays:
+        (za, edge, zn, rn, mask, ha, hn, geo). With *atom_feas* (each site's structure's CHGNet
+        features, (n_atoms, d)) and the *sites*' indices, ha / hn are the absorber and neighbour
+        features (else None); geo (B, M, 3) holds the in-line-atom columns."""
         m = max([len(n) for n in nbrs] + [1])
         zn = np.zeros((len(nbrs), m), np.int64)
         rn = np.ones((len(nbrs), m), np.float32)
         mask = np.zeros((len(nbrs), m), bool)
+        geo = np.zeros((len(nbrs), m, 3), np.float32)
         for i, n in enumerate(nbrs):
             zn[i, : len(n)], rn[i, : len(n)], mask[i, : len(n)] = n[:, 0], n[:, 1], True
+            if n.shape[1] >= 6:
+                geo[i, : len(n)] = n[:, 3:6]
         t = functools.partial(torch.as_tensor, device=device)
-        out = (t(np.asarray(za, np.int64)), edge_code(list(edges)).to(device), t(zn), t(rn), t(mask))
-        if atom_feas is None:
-            return out
-        d = atom_feas[0].shape[1]
-        ha = np.stack([f[int(s)] for f, s in zip(atom_feas, sites)]).astype(np.float32)
-        hn = np.zeros((len(nbrs), m, d), np.float32)
-        for i, (n, f) in enumerate(zip(nbrs, atom_feas)):
-            hn[i, : len(n)] = f[n[:, 2].astype(np.int64)]
-        return (*out, t(ha), t(hn))
+        ha = hn = None
+        if atom_feas is not None:
+            d = atom_feas[0].shape[1]
+            ha = t(np.stack([f[int(s)] for f, s in zip(atom_feas, sites)]).astype(np.float32))
+            hn_np = np.zeros((len(nbrs), m, d), np.float32)
+            for i, (n, f) in enumerate(zip(nbrs, atom_feas)):
+                hn_np[i, : len(n)] = f[n[:, 2].astype(np.int64)]
+            hn = t(hn_np)
+        return (t(np.asarray(za, np.int64)), edge_code(list(edges)).to(device), t(zn), t(rn), t(mask), ha, hn, t(geo))
 
-    def forward(self, za, edge, zn, rn, mask, ha=None, hn=None) -> torch.Tensor:
+    def forward(self, za, edge, zn, rn, mask, ha=None, hn=None, geo=None) -> torch.Tensor:
         dev = self.k.device
         za, edge, zn, rn, mask = (x.to(dev) for x in (za, edge, zn, rn, mask))
         # only the real (site, neighbour) pairs: padding would be most of a batch of mixed cells
@@ -756,7 +782,13 @@ class PathEXAFS(ModelIO, nn.Module):
                 raise ValueError("this model was built with d_atom > 0: pass the CHGNet features ha, hn (see collate)")
             ea = ea + self.atom_proj(ha.to(dev)[bi])
             en = en + self.atom_proj(hn.to(dev)[bi, mi])
-        h = torch.cat([ea, en, self.edge_embed(edge[bi]), torch.exp(-((r[:, None] - self.r_centers) ** 2) / 0.5)], dim=-1)
+        parts = [ea, en, self.edge_embed(edge[bi]), torch.exp(-((r[:, None] - self.r_centers) ** 2) / 0.5)]
+        if self.focus:
+            if geo is None:
+                raise ValueError("this model was built with focus=True: pass geo (see collate)")
+            g = geo.to(dev)[bi, mi]
+            parts += [g[:, 0:1], g[:, 2:3], self.element_embed(g[:, 1].long().clamp(0, self.max_z)) * (g[:, 1:2] > 0)]
+        h = torch.cat(parts, dim=-1)
         o = self.net(h)
         nb = self.n_basis
         amp, pha = o[:, :nb] @ self.basis, o[:, nb : 2 * nb] @ self.basis  # (pairs, n_k)

@@ -90,6 +90,9 @@ def train_group() -> None:
                    "the absorber's own row, or [absorber, first-shell mean]. README: which wins where.")
 @click.option("--chgnet-atoms/--no-chgnet-atoms", default=True, show_default=True,
               help="paths: add frozen CHGNet atom features of absorber and neighbours to their element embeddings.")
+@click.option("--focus/--no-focus", "path_focus", default=None,
+              help="paths: give each neighbour's term the closer atom most in line with it (multiple-scattering "
+                   "focusing); default: TrainConfig's.")
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
 @click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -107,7 +110,7 @@ def train_group() -> None:
               help="Feature caches (default: xastruct_cache/ next to the DuckDB file).")
 @db_option
 def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs, patience, lr, weight_decay, batch_size,
-            dropout, hidden, pool, chgnet_atoms, max_minutes, keep_last, device, threads, all_, universal, min_spectra, min_materials,
+            dropout, hidden, pool, chgnet_atoms, path_focus, max_minutes, keep_last, device, threads, all_, universal, min_spectra, min_materials,
             models_dir, cache_dir, db):  # fmt: skip
     """Structure -> site spectrum model for one element/edge/kind, evaluated on held-out materials."""
     from .. import train as tr
@@ -121,6 +124,7 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
         arch=arch, finetune=not freeze, seeds=seeds, split_seed=split_seed, epochs=epochs, patience=patience, lr=lr,
         weight_decay=weight_decay, batch_size=batch_size, dropout=dropout, d_hidden=hidden, max_minutes=max_minutes, keep_last=keep_last,
         device=device, num_threads=threads, pool=pool, chgnet_atoms=chgnet_atoms,
+        **({} if path_focus is None else {"path_focus": path_focus}),
     )  # fmt: skip
     if universal:
         targets = [dict(element=None, edge=None, kind=kind, source=source)]
