@@ -482,7 +482,7 @@ def _cases(cu, nacl, masks, chgnet_graphs):
         "PathEXAFS": (
             lambda: M.PathEXAFS(k_start=2.0, k_step=0.5, n_k=21, n_basis=6, d_hidden=8, d_element=4, d_atom=5, focus=True),
             lambda m: m(*M.PathEXAFS.collate(
-                [29, 11], ["K", "L3"], [M.PathEXAFS.neighbours(cu, 0, 4.0), M.PathEXAFS.neighbours(nacl, 0, 4.0)],
+                [29, 11], ["K", "L3"], [M.PathEXAFS.neighbours(cu, 0, 4.0, focus=True), M.PathEXAFS.neighbours(nacl, 0, 4.0, focus=True)],
                 atom_feas=[np.linspace(0, 1, 5 * len(cu)).reshape(-1, 5), np.linspace(1, 0, 5 * len(nacl)).reshape(-1, 5)],
                 sites=[0, 0])),
         ),

@@ -88,7 +88,8 @@ def universal(tmp_path_factory):
 
 def test_neighbours_are_the_sites_real_shells_nearest_first():
     s = _rocksalt("Cu", "O", 4.2)
-    nb = PathEXAFS.neighbours(s, 0, 5.0)
+    assert PathEXAFS.neighbours(s, 0, 5.0).shape[1] == 3  # the focusing columns only on request
+    nb = PathEXAFS.neighbours(s, 0, 5.0, focus=True)
     assert (np.diff(nb[:, 1]) >= 0).all() and nb[:, 1].max() <= 5.0
     np.testing.assert_allclose(nb[:6, 1], 2.1, atol=1e-6)  # 6 O at a/2
     assert set(nb[:6, 0].astype(int)) == {8}

@@ -712,30 +712,29 @@ class PathEXAFS(ModelIO, nn.Module):
         )  # fmt: skip
 
     @staticmethod
-    def neighbours(structure: Any, site_index: int, r_max: float) -> np.ndarray:
-        """(n, 6) [Z, distance in A, site index, cos, blocker Z, blocker distance / distance] of every
-        atom (periodic images included) within *r_max* of the site, nearest first. The last three
-        describe the closer atom most in line with it (largest cosine between the two bond vectors;
-        Z 0 when none is within 45 degrees): multiple scattering through such an atom (forward
-        focusing) adds to the single-scattering signal at that distance, strongly when collinear.
-        Disordered sites count by their dominant species."""
-        centre = structure[site_index].coords
+    def neighbours(structure: Any, site_index: int, r_max: float, *, focus: bool = False) -> np.ndarray:
+        """(n, 3) [Z, distance in A, site index] of every atom (periodic images included) within
+        *r_max* of the site, nearest first; disordered sites count by their dominant species. With
+        *focus* three more columns [cos, blocker Z, blocker distance / distance] describe the closer
+        atom most in line with it (largest cosine between the two bond vectors; Z 0 when none is
+        within 45 degrees): multiple scattering through such an atom (forward focusing) adds to the
+        single-scattering signal at that distance, strongly when collinear."""
         nbrs = sorted((n for n in structure.get_neighbors(structure[site_index], r_max) if n.nn_distance > 0.1),
                       key=lambda n: n.nn_distance)  # fmt: skip
-        out = np.zeros((len(nbrs), 6), np.float32)
+        out = np.zeros((len(nbrs), 6 if focus else 3), np.float32)
         if not nbrs:
             return out
         z = np.array([max(n.species.items(), key=lambda kv: kv[1])[0].Z for n in nbrs], np.float32)
         d = np.array([n.nn_distance for n in nbrs])
-        v = np.array([n.coords for n in nbrs]) - centre
-        u = v / d[:, None]
-        cos = u @ u.T
+        out[:, 0], out[:, 1], out[:, 2] = z, d, [n.index for n in nbrs]
+        if not focus:
+            return out
+        u = (np.array([n.coords for n in nbrs]) - structure[site_index].coords) / d[:, None]
         closer = d[None, :] < d[:, None] - 0.3  # j (column) is nearer than l (row) by > 0.3 A
-        cos = np.where(closer, cos, -1.0)
+        cos = np.where(closer, u @ u.T, -1.0)
         j = cos.argmax(axis=1)
         best = cos[np.arange(len(nbrs)), j]
         inline = best > np.cos(np.pi / 4)
-        out[:, 0], out[:, 1], out[:, 2] = z, d, [n.index for n in nbrs]
         out[:, 3] = np.where(inline, best, 0.0)
         out[:, 4] = np.where(inline, z[j], 0.0)
         out[:, 5] = np.where(inline, d[j] / d, 0.0)

@@ -347,13 +347,13 @@ def load_universal_data(
     )  # fmt: skip
 
 
-def path_neighbours(data: ForwardData, r_max: float) -> list[np.ndarray]:
+def path_neighbours(data: ForwardData, r_max: float, focus: bool = False) -> list[np.ndarray]:
     """:meth:`PathEXAFS.neighbours` of every row (cached on *data*; shared by seeds)."""
     from .models import PathEXAFS
 
-    key = ("path_neighbours", float(r_max))
+    key = ("path_neighbours", float(r_max), bool(focus))
     if key not in data.cache:
-        data.cache[key] = [PathEXAFS.neighbours(data.structures[s], i, r_max)
+        data.cache[key] = [PathEXAFS.neighbours(data.structures[s], i, r_max, focus=focus)
                            for s, i in zip(data.structure_ids.tolist(), data.site_indices.tolist())]  # fmt: skip
     return data.cache[key]
 
@@ -867,7 +867,7 @@ def _build(cfg: dict, data: ForwardData, train_idx: np.ndarray, *, cache_dir, de
             sids = data.site_indices.tolist()
         model = PathEXAFS(k_start=g["start"], k_step=g["step"], n_k=g["n"], r_max=cfg["r_max"], d_hidden=cfg["d_hidden"],
                           d_atom=feas[0].shape[1] if feas else 0, focus=cfg["path_focus"]).to(dev)  # fmt: skip
-        nbrs = path_neighbours(data, cfg["r_max"])
+        nbrs = path_neighbours(data, cfg["r_max"], cfg["path_focus"])
         els = data.row_elements or [data.element] * data.n
         za = [Element(e).Z for e in els]
         edges = data.row_edges or [data.edge] * data.n
@@ -1128,7 +1128,7 @@ def predict_sites(
         if mode == "mean":
             return np.stack([m(len(sites)).cpu().numpy() for m in members])
         if mode == "paths":
-            x = path_inputs(entry, [(structure, i) for i in sites], edge=edge, device=dev)
+            x = path_inputs(entry, [(structure, i) for i in sites], edge=edge, device=dev, cache_dir=cache_dir)
             return np.stack([m(*x).cpu().numpy() for m in members])
         pool = entry.config.get("pool", "mean")  # models from before the option pooled by the mean
         nbrs = [None if mode == "pooled" and pool == "absorber" else crystalnn_neighbors(structure, i)[0] for i in sites]
@@ -1162,7 +1162,8 @@ def serves(entry: registry.ModelEntry, element: str, edge: str) -> bool:
 
 
 def path_inputs(entry: registry.ModelEntry, sites: Sequence[tuple[Any, int]], *, edge: str | None = None,
-                device=None, atom_feas: Sequence[np.ndarray] | None = None) -> tuple:  # fmt: skip
+                device=None, atom_feas: Sequence[np.ndarray] | None = None,
+                cache_dir: str | Path | None = None) -> tuple:  # fmt: skip
     """:meth:`PathEXAFS.collate` inputs of (structure, site index) pairs; refuses absorbers/edges the
     model never saw (its element embedding for them would be untrained). A model with CHGNet atom
     features gets them from *atom_feas* (one array per pair) or computes them here."""
@@ -1178,13 +1179,14 @@ def path_inputs(entry: registry.ModelEntry, sites: Sequence[tuple[Any, int]], *,
             raise InputError(f"site {i} ({el.symbol} {edge})", f"model {entry.name} was not trained on this absorber/edge",
                              "`xastruct models` lists what each model covers")  # fmt: skip
         za.append(el.Z)
-        nbrs.append(PathEXAFS.neighbours(structure, i, member.r_max))  # the cut-off it was trained with
+        nbrs.append(PathEXAFS.neighbours(structure, i, member.r_max, focus=member.focus))  # as it was trained
     if member.d_atom and atom_feas is None:
         from .embed import chgnet_site_embeddings
 
         kw = {"model_name": m} if (m := (entry.config or {}).get("features", {}).get("chgnet_model")) else {}
         uniq = {id(s): s for s, _ in sites}
-        got = dict(zip(uniq, chgnet_site_embeddings(list(uniq.values()), device=device, **kw)))
+        got = dict(zip(uniq, chgnet_site_embeddings(list(uniq.values()), device=device,
+                                                    cache_dir=Path(cache_dir) / "chgnet" if cache_dir else None, **kw)))
         atom_feas = [got[id(s)] for s, _ in sites]
     return PathEXAFS.collate(za, [edge] * len(sites), nbrs, device=device,
                              atom_feas=atom_feas if member.d_atom else None, sites=[i for _, i in sites])  # fmt: skip
