@@ -670,13 +670,13 @@ class TrainConfig:
     dropout: float = 0.0
     pool: str = "mean"  # frozen-encoder site pooling: mean | absorber | concat (embed.POOLS)
     # paths: neighbours (single-scattering paths) out to this distance, A. 6 = the RPATH of the feff8l
-    # EXAFS it learns from; validation MSE 0.082 vs 0.093 at 5 A (one seed, default-dataset split)
+    # EXAFS it learns from; validation MSE 0.075 vs 0.084 at 5 A (benchmarks/results/paths_tune.md)
     r_max: float = 6.0
     # paths: add the frozen CHGNet atom features of absorber and neighbours to their element
-    # embeddings; validation MSE 0.074 vs 0.082 without (seed 0, default-dataset split)
+    # embeddings; validation MSE 0.075 vs 0.082 without (paths_tune.md)
     chgnet_atoms: bool = True
     # paths: tell each neighbour's term about the closer atom most in line with it (forward focusing).
-    # Off: no gain on validation (seeds 0/1: 0.0711 / 0.0731 vs 0.0738 / 0.0710 without)
+    # Off: within the seed spread on validation (seeds 0/1: 0.0711 / 0.0731 vs 0.0746 / 0.0715; paths_tune.md)
     path_focus: bool = False
     encoder_lr_scale: float = 0.1  # fine-tuning: pretrained CHGNet moves 10x slower than the head
     max_minutes: float | None = None  # wall-clock cap per seed (CPU runs of the graph models)
