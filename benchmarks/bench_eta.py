@@ -147,7 +147,7 @@ def speed(data, members_fn, n: int, threads: int, pool: str) -> dict:
 def load_cu_eta(db: str) -> dict:
     """The Cu K FEFF 9 set with the OmniXAS target, filter and our material split (shared by
     bench_eta_tune.py): data (its y scaled by the train std), raw targets y, row indices of
-    train / val (filtered), test_all and test (filtered), the filter mask keep, the cache dir, the split
+    train / val (filtered), train_all (train materials, unfiltered), test_all and test (filtered), the filter mask keep, the cache dir, the split
     summary, the scale."""
     from bench_forward import cu_feff9_store
     from xastruct import train
@@ -166,7 +166,7 @@ def load_cu_eta(db: str) -> dict:
     data.y = y / scale
     data.grid = {"quantity": "omnixas", "axis": "E", "unit": "eV", "start": float(GRID[0]), "stop": float(GRID[-1]),
                  "step": 0.25, "n": len(GRID)}
-    return {"data": data, "y": y, "train": tr, "val": va, "test_all": idx["test"],
+    return {"data": data, "y": y, "train": tr, "train_all": idx["train"], "val": va, "test_all": idx["test"],
             "test": idx["test"][keep[idx["test"]]], "keep": keep, "cache": cache, "summary": summary,
             "scale": scale}
 

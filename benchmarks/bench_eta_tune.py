@@ -16,6 +16,8 @@ embeddings averaged with Gaussian weights around 2.0 / 2.75 / 3.5 / 4.5 A);
 loss = mse | huber<delta> | l1 | rmse (mean per-spectrum RMSE) | log (mean log per-spectrum MSE):
 the training loss (eta is a median, so losses that discount outlier spectra are candidates);
 ema = decay: evaluate and keep an exponential moving average of the weights;
+fit = filtered | all: train on the filtered training spectra (OmniXAS) or on every spectrum of the
+training materials, outliers included (the baseline and the validation set stay filtered);
 krr (alone, with gamma / alpha): kernel ridge regression (RBF) on the standardised absorber embedding,
 one model; every NN variant also gets a row "+ krr": its seed ensemble averaged with that KRR as
 one more member. Writes benchmarks/results/eta_tune.md.
@@ -69,10 +71,10 @@ def every_layer(model, graphs) -> list[torch.Tensor]:
 
 def parse(spec: str) -> dict:
     out = {"layers": "last", "patience": 50, "hidden": 256, "dropout": 0.2, "wd": 0.01, "desc": "", "loss": "mse",
-           "ema": 0.0, "gamma": 0.02, "alpha": 0.01}
+           "ema": 0.0, "gamma": 0.02, "alpha": 0.01, "fit": "filtered"}
     for part in filter(None, spec.split(":")):
         k, _, v = part.partition("=")
-        out[k] = v if k in ("layers", "desc", "loss", "krr") else float(v) if k in ("dropout", "wd", "ema", "gamma", "alpha") else int(v)
+        out[k] = v if k in ("layers", "desc", "loss", "krr", "fit") else float(v) if k in ("dropout", "wd", "ema", "gamma", "alpha") else int(v)
     return out
 
 
@@ -210,14 +212,16 @@ def main() -> None:
                                 weight_decay=v["wd"], d_hidden=v["hidden"], device="cpu",
                                 num_threads=args.threads, pool="absorber", dropout=v["dropout"]).resolved()
         preds, etas, epochs = [], [], []
+        fit_rows = cu["train_all"] if v["fit"] == "all" else tr
         for seed in range(args.seeds):
-            model, fwd, groups = train._build(cfg, data, tr, cache_dir=cache, device="cpu", progress=None, seed=seed)
+            model, fwd, groups = train._build(cfg, data, fit_rows, cache_dir=cache, device="cpu", progress=None,
+                                              seed=seed)
             if v["loss"] == "mse" and not v["ema"]:  # the product's training loop
-                best_epoch = train._fit(model, fwd, torch.from_numpy(data.y), tr, va, seed=seed, epochs=cfg["epochs"],
+                best_epoch = train._fit(model, fwd, torch.from_numpy(data.y), fit_rows, va, seed=seed, epochs=cfg["epochs"],
                                         lr=cfg["lr"], weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"],
                                         patience=cfg["patience"], max_minutes=None, param_groups=groups)["best_epoch"]
             else:
-                best_epoch = fit_variant(model, fwd, torch.from_numpy(data.y), tr, va, seed=seed, v=v, cfg=cfg)
+                best_epoch = fit_variant(model, fwd, torch.from_numpy(data.y), fit_rows, va, seed=seed, v=v, cfg=cfg)
             preds.append(train._predict(model, fwd, va, 256) * scale)
             etas.append(B.eta(base_mse, ((preds[-1] - y[va]) ** 2).mean(1)))
             epochs.append(best_epoch)

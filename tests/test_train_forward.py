@@ -346,3 +346,60 @@ def test_registry_round_trip_and_missing_model(db_url, tmp_path):
         registry.load(eng, "forward/Zn/K/XANES/mean/v9")
     if db_url.startswith("duckdb"):
         assert registry.default_models_dir(db_url) == Path(db_url.split("///", 1)[1]).parent / "models"
+
+
+# ------------------------------------------------------------------------------------ resumable training
+
+
+def _toy_fit(tmp_path, **kw):
+    """A small dropout network on a synthetic regression: every RNG the loop uses matters."""
+    torch.manual_seed(0)
+    g = np.random.default_rng(1)
+    x = torch.from_numpy(g.normal(size=(64, 5)).astype(np.float32))
+    y = x @ torch.ones(5, 3) + 0.1 * torch.from_numpy(g.normal(size=(64, 3)).astype(np.float32))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
+    args = dict(seed=3, epochs=8, lr=1e-2, weight_decay=0.01, batch_size=16, patience=100, max_minutes=None)
+    fit = train._fit(model, lambda m, b: m(x[b]), y, np.arange(48), np.arange(48, 64), **(args | kw))
+    return model, fit
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    ref, ref_fit = _toy_fit(tmp_path)
+    ck = tmp_path / "seed.pt"
+
+    def kill(epoch, *_):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _toy_fit(tmp_path, checkpoint=ck, checkpoint_every=0.0, on_epoch=kill)
+    assert ck.exists() and torch.load(ck, weights_only=False)["epoch"] == 3
+    got, fit = _toy_fit(tmp_path, checkpoint=ck, checkpoint_every=0.0)
+    assert fit["resumed_at_epoch"] == 4 and fit["epochs_run"] == ref_fit["epochs_run"] == 8
+    assert fit["best_val_mse"] == pytest.approx(ref_fit["best_val_mse"], rel=1e-6)
+    for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_time_capped_training_continues_with_a_larger_cap(tmp_path):
+    ref, ref_fit = _toy_fit(tmp_path)
+    ck = tmp_path / "seed.pt"
+    _, first = _toy_fit(tmp_path, checkpoint=ck, max_minutes=1e-9)  # one epoch, then the cap
+    assert first["stopped"] == "time" and first["epochs_run"] == 1 and ck.exists()
+    got, fit = _toy_fit(tmp_path, checkpoint=ck)
+    assert fit["resumed_at_epoch"] == 2 and fit["stopped"] == "epochs"
+    for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cli_rerun_of_a_time_capped_run_resumes_and_then_drops_the_checkpoint(tiny, trained):
+    ckdir = tiny["root"] / "cache" / "checkpoints"
+    args = ("--pool", "absorber", "--epochs", 4, "--seeds", 1, "--keep-last", "--dropout", 0.1)
+    res = _train(tiny, *args, "--max-minutes", 1e-9)
+    first = registry.load(trained["eng"], re.search(r"registered (\S+)", res.output).group(1), device="cpu")
+    assert first.config["fits"][0]["stopped"] == "time" and len(list(ckdir.glob("*.pt"))) == 1
+    res = _train(tiny, *args)
+    second = registry.load(trained["eng"], re.search(r"registered (\S+)", res.output).group(1), device="cpu")
+    fit = second.config["fits"][0]
+    assert fit["resumed_at_epoch"] == 2 and fit["epochs_run"] == 4 and fit["stopped"] == "epochs"
+    assert not list(ckdir.glob("*.pt"))  # finished: the training state is gone

@@ -788,17 +788,48 @@ def _fit(
     model: nn.Module, forward: Callable, y: torch.Tensor, train_idx: np.ndarray, val_idx: np.ndarray, *,
     seed: int, epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
     max_minutes: float | None, param_groups: list[dict] | None = None, on_epoch: Callable | None = None,
-    keep_last: bool = False,
+    keep_last: bool = False, checkpoint: Path | None = None, checkpoint_every: float = 60.0,
 ) -> dict:  # fmt: skip
     """AdamW + MSE with early stopping on the val MSE, the best-val weights restored; with
-    *keep_last* every epoch runs and the last weights are kept (val is then only reported)."""
+    *keep_last* every epoch runs and the last weights are kept (val is then only reported).
+
+    *checkpoint*: a file the whole training state (weights, optimizer, both RNGs, best weights,
+    history, training seconds so far) is written to at most every *checkpoint_every* seconds and
+    after the last epoch; if it exists, training resumes from it, so a killed run continues where it
+    stopped and gives the same model as an uninterrupted one. *max_minutes* counts training time
+    over all resumed runs; a run stopped by it continues when resumed with a larger cap."""
     opt = torch.optim.AdamW(param_groups or model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     watch = val_idx if len(val_idx) else train_idx
     best, best_state, best_epoch, history = math.inf, None, 0, []
-    t0 = time.perf_counter()
-    stopped = "epochs"
-    for epoch in range(1, epochs + 1):
+    stopped, start, spent = "epochs", 1, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        best, best_epoch, history, spent = ck["best"], ck["best_epoch"], ck["history"], ck["seconds"]
+        best_state = ck["best_state"]
+        start = ck["epoch"] + 1
+        if ck["stopped"] == "patience":  # finished: only the best weights are still to be restored
+            start, stopped = epochs + 1, "patience"
+    t0 = time.perf_counter() - spent
+    last_save = time.perf_counter()
+
+    def save(epoch: int, why: str) -> None:
+        tmp = Path(checkpoint).with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "best": best, "best_epoch": best_epoch,
+                    "best_state": best_state, "history": history, "epoch": epoch, "stopped": why,
+                    "seconds": time.perf_counter() - t0}, tmp)  # fmt: skip
+        os.replace(tmp, checkpoint)  # a kill mid-write leaves the previous checkpoint intact
+
+    epoch = start - 1
+    for epoch in range(start, epochs + 1):
+        if epoch > start and max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            stopped, epoch = "time", epoch - 1  # every call runs at least one epoch
+            break
         model.train()
         total, count = 0.0, 0
         for b in _batches(rng.permutation(train_idx), batch_size):
@@ -815,14 +846,17 @@ def _fit(
             best, best_epoch = val, epoch
             if not keep_last:
                 best_state = copy.deepcopy(model.state_dict())
+        done = not keep_last and epoch - best_epoch >= patience
+        if checkpoint is not None and (done or epoch == epochs or time.perf_counter() - last_save >= checkpoint_every):
+            save(epoch, "patience" if done else "running")
+            last_save = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch, total / max(count, 1), val, best_epoch)
-        if not keep_last and epoch - best_epoch >= patience:
+        if done:
             stopped = "patience"
             break
-        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
-            stopped = "time"
-            break
+    if checkpoint is not None and stopped == "time":
+        save(epoch, "time")
     if best_state is not None:
         model.load_state_dict(best_state)
     return {
@@ -830,7 +864,20 @@ def _fit(
         "seconds": round(time.perf_counter() - t0, 2), "final_train_mse": history[-1][0] if history else None,
         "first_train_mse": history[0][0] if history else None,
         "weights": "last epoch" if keep_last else "best val epoch",
+        "resumed_at_epoch": start if start > 1 and start <= epochs else None,
     }  # fmt: skip
+
+
+def _checkpoint_path(cache_dir: Path, cfg: dict, data: ForwardData, idx: dict, seed: int) -> Path:
+    """Where one seed's training state lives: keyed by everything that shapes the model (settings,
+    data, split, seed) but not by caps, threads or device, so a rerun with a longer cap resumes."""
+    import hashlib
+
+    free = {"num_threads", "device", "max_minutes", "epochs"}
+    key = json.dumps({"cfg": {k: v for k, v in sorted(cfg.items()) if k not in free}, "data": data.fingerprint(),
+                      "split": {s: hashlib.sha1(np.asarray(i).tobytes()).hexdigest() for s, i in idx.items()},
+                      "seed": seed}, sort_keys=True, default=str)  # fmt: skip
+    return Path(cache_dir) / "checkpoints" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
 
 
 def _masks(data: ForwardData, nbrs: list[list[int]]) -> list[np.ndarray]:
@@ -986,7 +1033,7 @@ def train_forward(
         bar = contextlib.nullcontext()
         if progress_factory is not None and cfg["mode"] in ("pooled", "finetune") and "chgnet_pooled" not in data.cache:
             bar = progress_factory(len(_unique_structures(data)), "CHGNet embeddings")
-        members, per_seed, fits = [], [], []
+        members, per_seed, fits, ckpts = [], [], [], []
         t0 = time.perf_counter()
         with bar as advance:
             if advance is not None:
@@ -1004,12 +1051,15 @@ def train_forward(
                 if cfg["mode"] != "mean":
                     label = f"{cfg['arch']}{'_finetune' if cfg['mode'] == 'finetune' else ''} seed {seed}"
                     ectx = epoch_progress(cfg["epochs"], label) if epoch_progress else contextlib.nullcontext()
+                    ckpt = _checkpoint_path(cache_dir, cfg, data, idx, seed)
+                    ckpt.parent.mkdir(parents=True, exist_ok=True)
+                    ckpts.append(ckpt)
                     with ectx as on_epoch:
                         fits.append(_fit(
                             model, forward, y, idx["train"], idx["val"], seed=seed, epochs=cfg["epochs"], lr=cfg["lr"],
                             weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], patience=cfg["patience"],
                             max_minutes=cfg["max_minutes"], param_groups=groups, on_epoch=on_epoch,
-                            keep_last=cfg["keep_last"],
+                            keep_last=cfg["keep_last"], checkpoint=ckpt,
                         ))  # fmt: skip
                 bs = cfg["batch_size"] or 64
                 preds = {s: _predict(model, forward, i, bs) for s, i in idx.items()}
@@ -1048,6 +1098,11 @@ def train_forward(
                 files={"split.json": split_doc},
             )  # fmt: skip
             entry.members = models
+        for c, f in zip(ckpts, fits):
+            # a finished seed's training state is no longer needed; one cut by the time cap is kept,
+            # so a rerun with a longer cap continues it
+            if f["stopped"] != "time":
+                c.unlink(missing_ok=True)
         return TrainResult(entry=entry, members=models, metrics=metrics, split=split, data=data, config=cfg_json,
                            predictions={sd: (idx[sd], ens[sd]) for sd in idx})  # fmt: skip
     finally:

@@ -93,7 +93,8 @@ def train_group() -> None:
 @click.option("--focus/--no-focus", "path_focus", default=None,
               help="paths: give each neighbour's term the closer atom most in line with it (multiple-scattering "
                    "focusing); default: TrainConfig's.")
-@click.option("--max-minutes", type=float, default=None, help="Wall-clock cap per seed (keeps the best val epoch).")
+@click.option("--max-minutes", type=float, default=None, help="Training-time cap per seed, summed over resumed runs (keeps the best val epoch; "
+                   "a rerun with a larger cap continues from the saved state).")
 @click.option("--keep-last", is_flag=True, help="No early stopping: run all epochs, keep the last weights (tiny val sets).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
