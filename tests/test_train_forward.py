@@ -209,16 +209,17 @@ def test_pool_option_trains_registers_and_predicts_the_same_after_reload(tiny, t
     got = train.spectrum_metrics(preds, data.y[rows], data.x)
     assert got["mae"] == pytest.approx(e.metrics["ensemble"]["test"]["mae"], abs=1e-5)
     bad = run(["train", "forward", "--element", "Cu", "--arch", "gcn", "--pool", "absorber", "--db", tiny["url"]], ok=False)
-    assert bad.exit_code == 1 and "frozen-encoder archs only" in bad.output
+    assert bad.exit_code == 1 and "CHGNet archs only" in bad.output
 
 
-def test_finetune_gets_gradients_into_chgnet(tiny, trained):
+@pytest.mark.parametrize("pool", ["mean", "absorber"])
+def test_finetune_gets_gradients_into_chgnet(tiny, trained, pool):
     """Fine-tune mode on 6 structures: CHGNet weights move, and the reloaded model predicts the same."""
     eng = trained["eng"]
     full = train.load_forward_data(eng, element="Cu")
     data = train.load_forward_data(eng, element="Cu", structure_ids=sorted(full.structures)[:6])
     cfg = train.TrainConfig(arch="xastruct", finetune=True, epochs=1, batch_size=8, device="cpu", num_threads=1,
-                            fractions=(0.5, 0.25, 0.25))  # fmt: skip
+                            fractions=(0.5, 0.25, 0.25), pool=pool)  # fmt: skip
     res = train.train_forward(eng, element="Cu", config=cfg, data=data, models_dir=tiny["root"] / "models",
                               cache_dir=tiny["root"] / "cache")  # fmt: skip
     assert res.entry.arch == "xastruct_finetune" and res.config["mode"] == "finetune"
@@ -230,6 +231,14 @@ def test_finetune_gets_gradients_into_chgnet(tiny, trained):
     a = train.predict_sites(res.entry, data.structures[sid], [site], device="cpu")
     b = train.predict_sites(reloaded, data.structures[sid], [site], device="cpu")
     assert np.allclose(a, b, atol=1e-5)
+    assert reloaded.config["pool"] == pool and (pool == "mean") == ("shell" in reloaded.config["features"]["pool"])
+    if pool == "absorber":  # the head reads the absorber's row only: the same as pooling one-atom masks
+        from xastruct.embed import absorber_mask
+
+        m = reloaded.members[0]
+        g = m.featurize(data.structures[sid])
+        one = m([g], [absorber_mask(len(data.structures[sid]), site, neighbors=[])]).detach().numpy()
+        assert np.allclose(one, b[0], atol=1e-5)
 
 
 def test_train_forward_without_element_or_data_is_a_clear_error(tiny):

@@ -693,9 +693,11 @@ class TrainConfig:
 
         if self.pool not in POOLS:
             raise InputError("--pool", f"unknown pooling {self.pool!r}", f"choose from {', '.join(POOLS)}")
-        if self.pool != "mean" and (self.finetune or ARCHS[self.arch][0] != "pooled"):
-            raise InputError("--pool", f"{self.pool!r} applies to the frozen-encoder archs only",
-                             "the graph and fine-tuned models pool by the mean over absorber + first shell")
+        if self.pool != "mean" and ARCHS[self.arch][0] != "pooled":
+            raise InputError("--pool", f"{self.pool!r} applies to the CHGNet archs only",
+                             "the GNN baselines pool by the mean over absorber + first shell")
+        if self.pool == "concat" and self.finetune:
+            raise InputError("--pool", "concat is for the frozen encoder", "fine-tune with --pool mean or absorber")
         if self.finetune and ARCHS[self.arch][0] != "pooled":
             raise InputError("--finetune", f"does not apply to --arch {self.arch}",
                              "it fine-tunes CHGNet: use it with xastruct/sgmlp_relu/sgmlp_linear/mlp")  # fmt: skip
@@ -929,7 +931,7 @@ def _build(cfg: dict, data: ForwardData, train_idx: np.ndarray, *, cache_dir, de
                    dropout=cfg["dropout"])  # fmt: skip
     if mode in ("pooled", "finetune"):
         z = chgnet_pooled(data, cache_dir=cache_dir, device=device, progress=progress, num_threads=cfg["num_threads"],
-                          pool=cfg.get("pool", "mean") if mode == "pooled" else "mean")
+                          pool=cfg.get("pool", "mean"))
         x_mean = z[train_idx].mean(0)
         x_std = np.maximum(z[train_idx].std(0), 1e-6)  # constant features (tiny sets) stay finite
     if mode == "pooled":
@@ -949,7 +951,10 @@ def _build(cfg: dict, data: ForwardData, train_idx: np.ndarray, *, cache_dir, de
         graph_tag = f"pyg:{encoder.cutoff}"
     model = model.to(dev)
     graphs = _graphs(data, encoder, graph_tag)
-    masks = _masks(data, site_neighbors(data, cache_dir=cache_dir))
+    if mode == "finetune" and cfg.get("pool") == "absorber":  # the absorber's own row, as frozen
+        masks = _masks(data, [[] for _ in range(data.n)])
+    else:
+        masks = _masks(data, site_neighbors(data, cache_dir=cache_dir))
     sids = data.structure_ids.tolist()
 
     def forward(m, b):
@@ -1154,6 +1159,8 @@ def _feature_doc(cfg: dict) -> dict:
             doc.update(atoms="element embedding + projected CHGNet atom_fea", chgnet_model=DEFAULT_MODEL)
         return doc
     pool = "mean over absorber + CrystalNN first shell (site indices, periodic images once)"
+    if mode == "finetune" and cfg.get("pool") == "absorber":
+        pool = "the absorber's own row"
     if mode == "pooled":
         pool = {"mean": pool, "absorber": "the absorber's own row",
                 "concat": "[absorber row, mean over the CrystalNN first shell]"}[cfg.get("pool", "mean")]
@@ -1186,7 +1193,7 @@ def predict_sites(
             x = path_inputs(entry, [(structure, i) for i in sites], edge=edge, device=dev, cache_dir=cache_dir)
             return np.stack([m(*x).cpu().numpy() for m in members])
         pool = entry.config.get("pool", "mean")  # models from before the option pooled by the mean
-        nbrs = [None if mode == "pooled" and pool == "absorber" else crystalnn_neighbors(structure, i)[0] for i in sites]
+        nbrs = [[] if pool == "absorber" else crystalnn_neighbors(structure, i)[0] for i in sites]
         if mode == "pooled":
             from .embed import chgnet_site_embeddings, pooled_embedding
 
