@@ -83,8 +83,8 @@ def train_group() -> None:
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout in the head's hidden layers.")
-@click.option("--hidden", type=int, default=256, show_default=True,
-              help="Width of the hidden layers (head; paths: its per-neighbour network).")
+@click.option("--hidden", type=int, default=None,
+              help="Width of the hidden layers (head; paths: its per-neighbour network) [default: 256, paths 512].")
 @click.option("--pool", type=click.Choice(["mean", "absorber", "concat"]), default="mean", show_default=True,
               help="Site pooling of the frozen CHGNet features: mean over absorber + first shell (the paper's), "
                    "the absorber's own row, or [absorber, first-shell mean]. README: which wins where.")
