@@ -868,6 +868,8 @@ def _fit(
         "epochs_run": len(history), "best_epoch": best_epoch, "best_val_mse": best, "stopped": stopped,
         "seconds": round(time.perf_counter() - t0, 2), "final_train_mse": history[-1][0] if history else None,
         "first_train_mse": history[0][0] if history else None,
+        # the train loss of the kept weights' epoch (dropout on), beside best_val_mse: how much it overfits
+        "best_epoch_train_mse": history[best_epoch - 1][0] if history and best_epoch else None,
         "weights": "last epoch" if keep_last else "best val epoch",
         "resumed_at_epoch": start if start > 1 and start <= epochs else None,
     }  # fmt: skip
