@@ -265,6 +265,10 @@ def run(args) -> str:
             # the early-stopping rule before session 5 (val Gaussian NLL): it stops after ~40 epochs
             plans += [("mnnd", M, main_variant, True, args.ablation_seeds,
                        f"universal {ARCH_NAME[M]}, stopped on val NLL", R, {"mnnd_stop": "loss"})]
+            # a Laplace likelihood for the variance head: its |error| term is the target metric and
+            # weighs the tail of odd materials less than the Gaussian's squared error
+            plans += [("mnnd", M, main_variant, True, args.seeds,
+                       f"universal {ARCH_NAME[M]} + element/edge, Laplace NLL", R, {"mnnd_likelihood": "laplace"})]
         if "cn" in tasks:
             plans += [("cn", "rf", v, True, args.seeds, f"RF per element, {v}", R) for v in variants]
             plans += [("cn", "mlp", main_variant, True, args.seeds, "MLP per element (baseline)", R)]

@@ -524,11 +524,12 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     train, _ = _cli()
     r = CliRunner().invoke(train, ["inverse", "--task", "mnnd", "--all", "--seeds", "1", "--device", "cpu",
                                    "--min-sites", "10", "--epochs", "7", "--patience", "3", "--db", url,
-                                   "--models-dir", str(tmp_path / "m")])
+                                   "--likelihood", "laplace", "--models-dir", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     newest = max(registry.list_models(eng, task="mnnd"), key=lambda e: e.id)
     hp = newest.config["hyperparameters"]
-    assert (hp["epochs"], hp["patience"], hp["mnnd_stop"]) == (7, 3, "mae")
+    assert (hp["epochs"], hp["patience"], hp["mnnd_stop"], hp["mnnd_likelihood"]) == (7, 3, "mae", "laplace")
+    assert inv.load_member(newest.member_dirs()[0], device="cpu").likelihood == "laplace"
     assert newest.metrics["fits"][0]["epochs_run"] <= 7
     # the variance head was recalibrated on the val materials and the factor went into the saved model
     scale = newest.metrics["fits"][0]["var_scale"]

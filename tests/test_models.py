@@ -412,6 +412,32 @@ def test_mnnd_nll_learns_uncertainty():
     assert float(var[noisy].median()) > 4 * float(var[~noisy].median())
 
 
+def test_mnnd_laplace_likelihood_is_the_laplace_nll_and_survives_save_load(tmp_path):
+    _seed(6)
+    x, s = _synthetic_spectra(16, seed=6)
+    kw = dict(n_xanes=40, n_exafs=32, d_embed=16, channels=4, d_hidden=32, target_mean=2.4, target_std=0.35)
+    model = M.MNNDRegressor(**kw, variance=True, likelihood="laplace").eval()
+    with torch.no_grad():
+        p = model(**x)
+        got = float(model.loss(p, s))
+    r, b = (p.mean - s) / 0.35, torch.sqrt(p.var / 0.35**2 / 2)  # variance of a Laplace = 2 b^2
+    assert got == pytest.approx(float((r.abs() / b + torch.log(2 * b)).mean()), rel=1e-5)
+    # one far outlier moves the Laplace loss linearly, the Gaussian quadratically
+    gauss = M.MNNDRegressor(**kw, variance=True).eval()
+    gauss.load_state_dict(model.state_dict())
+    far = s.clone()
+    far[0] += 5.0
+    with torch.no_grad():
+        d_lap = float(model.loss(p, far)) - got
+        d_gau = float(gauss.loss(p, far)) - float(gauss.loss(p, s))
+    assert d_gau > 3 * d_lap > 0
+    model.save(tmp_path / "m")
+    again = M.load_model(tmp_path / "m", device="cpu").eval()
+    assert again.likelihood == "laplace" and again.config["likelihood"] == "laplace"
+    with pytest.raises(ValueError, match="likelihood"):
+        M.MNNDRegressor(**kw, likelihood="cauchy")
+
+
 def test_mnnd_variance_calibration_scales_the_head_and_survives_save_load(tmp_path):
     _seed(5)
     x, _ = _synthetic_spectra(32, seed=5)

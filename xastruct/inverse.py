@@ -1042,7 +1042,7 @@ def _train_member(task: str, arch: str, train: SiteTable, val: SiteTable, *, fea
         model = MNNDRegressor(n_xanes=len(XANES_GRID), n_exafs=n_exafs, arch=arch,
                               d_embed=hp["d_embed"], d_hidden=hp["d_hidden"], n_layers=hp["n_layers"],
                               dropout=hp["dropout"], use_element=use_element, variance=variance,
-                              target_mean=mu, target_std=sd).to(dev)
+                              target_mean=mu, target_std=sd, likelihood=hp["mnnd_likelihood"]).to(dev)
         kw = {s: _mnnd_kwargs(d, features, norm) for s, d in (("train", train), ("val", val))}
         kw = {s: {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in d.items()} for s, d in kw.items()}
         ys = {s: torch.as_tensor(d.mnnd, dtype=torch.float32, device=dev) for s, d in (("train", train), ("val", val))}
@@ -1098,6 +1098,7 @@ DEFAULT_HP = {
     "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None, "rf_min_samples_leaf": 1,
     "augment": 0,  # perturbed EXAFS copies per training row (augment_exafs); 0 = off
     "mnnd_stop": "mae",  # MNND early stopping on the val "mae" or the val "loss" (NLL; the old rule)
+    "mnnd_likelihood": "gaussian",  # the MNND variance head's training NLL: "gaussian" or "laplace"
 }
 #: per-task overrides of DEFAULT_HP. The MNND regressor, stopped on its val MAE, still improves
 #: after 500 epochs on Cu (benchmarks/bench_mnnd_errors.py)

@@ -964,9 +964,10 @@ class MNNDRegressor(ModelIO, nn.Module):
     Energies should be given relative to the edge and scaled to O(1) by the caller.
 
     A missing kind (None / flagged False / NaN row) uses a learned placeholder feature vector.
-    ``variance=True`` adds a second output, the log-variance, so each prediction carries a
-    Gaussian uncertainty (train with :meth:`loss`, the Gaussian NLL; then :meth:`calibrate_variance`
-    on held-out data, which sets ``var_scale``). Targets are modelled in
+    ``variance=True`` adds a second output, the log-variance, so each prediction carries an
+    uncertainty (train with :meth:`loss`, the NLL of ``likelihood``: "gaussian", or "laplace" whose
+    mean absolute error term weighs outliers less; the variance is reported either way; then
+    :meth:`calibrate_variance` on held-out data, which sets ``var_scale``). Targets are modelled in
     standardised units ``(y - target_mean) / target_std``; outputs are in physical units.
     """
 
@@ -990,10 +991,14 @@ class MNNDRegressor(ModelIO, nn.Module):
         target_mean: float = 0.0,
         target_std: float = 1.0,
         var_scale: float = 1.0,
+        likelihood: str = "gaussian",
     ):
         super().__init__()
         if d_embed % pool:
             raise ValueError(f"d_embed={d_embed} must be divisible by pool={pool}")
+        if likelihood not in ("gaussian", "laplace"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'laplace', got {likelihood!r}")
+        self.likelihood = likelihood
         if target_std <= 0:
             raise ValueError(f"target_std must be > 0, got {target_std}")
         self.use_element, self.variance = use_element, variance
@@ -1073,9 +1078,15 @@ class MNNDRegressor(ModelIO, nn.Module):
         return factor
 
     def loss(self, pred: Prediction, target: torch.Tensor) -> torch.Tensor:
-        """Gaussian NLL with a variance head, else MSE; both in standardised target units."""
+        """Gaussian (or Laplace) NLL with a variance head, else MSE (or MAE for "laplace"); in
+        standardised target units."""
         target = target.to(pred.mean.device, pred.mean.dtype).reshape(pred.mean.shape)
         s = self.target_std
+        r = (pred.mean - target) / s
         if pred.var is None:
-            return F.mse_loss(pred.mean / s, target / s)
-        return F.gaussian_nll_loss(pred.mean / s, target / s, pred.var / s**2, full=True)
+            return r.abs().mean() if self.likelihood == "laplace" else (r**2).mean()
+        var = pred.var / s**2
+        if self.likelihood == "laplace":  # scale b with variance 2 b^2
+            b = torch.sqrt(var.clamp_min(1e-12) / 2.0)
+            return (r.abs() / b + torch.log(2.0 * b)).mean()
+        return F.gaussian_nll_loss(pred.mean / s, target / s, var, full=True)

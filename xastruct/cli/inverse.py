@@ -71,6 +71,9 @@ def _results_table(task: str, results: list) -> Table:
               help="Give a universal model the absorber and edge.")
 @click.option("--variance/--no-variance", default=True, show_default=True,
               help="mnnd: Gaussian variance head (NLL loss) for per-prediction uncertainty.")
+@click.option("--likelihood", default=None, type=click.Choice(["gaussian", "laplace"]),
+              help=f"mnnd: the variance head's training NLL [default: {inv.DEFAULT_HP['mnnd_likelihood']}]; laplace's "
+                   "|error| term weighs odd materials less.")
 @click.option("--exafs-repr", default=inv.DEFAULT_EXAFS_REPR, show_default=True, type=click.Choice(inv.EXAFS_REPRS),
               help="EXAFS input: k^2 chi(k) alone, or followed by |chi(R)| (its Fourier transform).")
 @click.option("--augment", default=0, show_default=True, type=click.IntRange(0, 20),
@@ -93,7 +96,7 @@ def _results_table(task: str, results: list) -> Table:
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, universal, use_element,
-            variance, exafs_repr, augment, epochs, patience, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+            variance, likelihood, exafs_repr, augment, epochs, patience, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
@@ -102,7 +105,7 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
     eds = None if not edges else [check_edge("--edge", e) for e in edges.split(",") if e.strip()]
     eng = store.get_engine(db)
     hp = {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-          "augment": augment}
+          "augment": augment, "mnnd_likelihood": likelihood}
     skipped: list[str] = []
 
     def log(msg: str) -> None:
