@@ -297,7 +297,8 @@ def _plot(path, x, mean, std, sites, *, axis, quantity, title, n_members) -> Non
         if n_members > 1:
             ax.fill_between(x, mean[j] - std[j], mean[j] + std[j], color=line.get_color(), alpha=0.25, lw=0)
     ax.set_xlabel(axis)
-    ax.set_ylabel(quantity)
+    # the grid's quantity key, spelled as a physicist labels the axis
+    ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(quantity, quantity))
     ax.set_title(title + (f"\nband: ±1 std over {n_members} seeds" if n_members > 1 else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
