@@ -29,6 +29,7 @@ VARIANTS = {
     "lr3e-4_patience60": ({"lr": 3e-4, "patience": 60, "d_hidden": 256}, 1),
     "hidden512": ({"d_hidden": 512}, 2),
     "focus": ({"path_focus": True, "d_hidden": 256}, 2),
+    "focus512": ({"path_focus": True}, 2),
 }
 
 
