@@ -390,6 +390,19 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_model(tmp_path)
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
+    from xastruct.errors import InputError
+
+    ck = tmp_path / "seed.pt"
+    _toy_fit(tmp_path, checkpoint=ck, max_minutes=1e-9)
+    other = torch.nn.Linear(5, 3)  # a different model under the same key (e.g. the code changed)
+    x, y = torch.zeros(8, 5), torch.zeros(8, 3)
+    with pytest.raises(InputError, match="delete the file") as err:
+        train._fit(other, lambda m, b: m(x[b]), y, np.arange(6), np.arange(6, 8), seed=0, epochs=2, lr=1e-3,
+                   weight_decay=0.0, batch_size=4, patience=5, max_minutes=None, checkpoint=ck)
+    assert str(ck) in str(err.value)
+
+
 def test_time_capped_training_continues_with_a_larger_cap(tmp_path):
     ref, ref_fit = _toy_fit(tmp_path)
     ck = tmp_path / "seed.pt"

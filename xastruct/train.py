@@ -57,6 +57,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections import defaultdict
@@ -679,7 +680,8 @@ class TrainConfig:
     # embeddings; validation MSE 0.075 vs 0.082 without (paths_tune.md)
     chgnet_atoms: bool = True
     # paths: tell each neighbour's term about the closer atom most in line with it (forward focusing).
-    # Off: within the seed spread on validation (seeds 0/1: 0.0711 / 0.0731 vs 0.0746 / 0.0715; paths_tune.md)
+    # Off: within the seed spread at width 256 (0.0711 / 0.0731 vs 0.0746 / 0.0715); at 512 a little
+    # better (0.0672 / 0.0626 vs 0.0684 / 0.0663): to adopt with the next retraining (paths_tune.md)
     path_focus: bool = False
     encoder_lr_scale: float = 0.1  # fine-tuning: pretrained CHGNet moves 10x slower than the head
     max_minutes: float | None = None  # wall-clock cap per seed (CPU runs of the graph models)
@@ -809,9 +811,14 @@ def _fit(
     best, best_state, best_epoch, history = math.inf, None, 0, []
     stopped, start, spent = "epochs", 1, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        try:
+            ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            # e.g. the model code changed since the run that left it: it cannot be continued
+            raise InputError(str(checkpoint), f"saved training state does not fit this model ({exc.__class__.__name__})",
+                             "delete the file to train this seed from scratch") from exc  # fmt: skip
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         best, best_epoch, history, spent = ck["best"], ck["best_epoch"], ck["history"], ck["seconds"]
@@ -1163,12 +1170,11 @@ def _feature_doc(cfg: dict) -> dict:
         if cfg.get("chgnet_atoms"):
             doc.update(atoms="element embedding + projected CHGNet atom_fea", chgnet_model=DEFAULT_MODEL)
         return doc
-    pool = "mean over absorber + CrystalNN first shell (site indices, periodic images once)"
-    if mode == "finetune" and cfg.get("pool") == "absorber":
-        pool = "the absorber's own row"
+    shell = "mean over absorber + CrystalNN first shell (site indices, periodic images once)"
+    pool = shell if mode == "graph" else {  # the GNN baselines always pool absorber + first shell
+        "mean": shell, "absorber": "the absorber's own row",
+        "concat": "[absorber row, mean over the CrystalNN first shell]"}[cfg.get("pool", "mean")]  # fmt: skip
     if mode == "pooled":
-        pool = {"mean": pool, "absorber": "the absorber's own row",
-                "concat": "[absorber row, mean over the CrystalNN first shell]"}[cfg.get("pool", "mean")]
         return {"input": "pooled", "encoder": "chgnet", "chgnet_model": DEFAULT_MODEL, "layer": "atom_fea", "pool": pool}
     return {"input": "graph", "encoder": "chgnet" if mode == "finetune" else ARCHS[cfg["arch"]][2], "pool": pool}
 
