@@ -31,10 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 UNIVERSAL = "paths (one model, all absorbers)"
 #: universal rows: label -> TrainConfig overrides (the first is the default model)
+NO_FOCUS = "paths, all absorbers, no focusing input"
 UNIVERSAL_ROWS = {UNIVERSAL: {},
+                  # the shipped setting before paths_tune.md's focus512 (width 512, single scattering only)
+                  NO_FOCUS: {"path_focus": False},
                   # the width before paths_tune.md chose 512, and the ablation measured at that width
-                  "paths, all absorbers, width 256": {"d_hidden": 256},
-                  "paths, all absorbers, no CHGNet atom features": {"chgnet_atoms": False, "d_hidden": 256}}
+                  "paths, all absorbers, width 256": {"d_hidden": 256, "path_focus": False},
+                  "paths, all absorbers, no CHGNet atom features": {"chgnet_atoms": False, "d_hidden": 256,
+                                                                    "path_focus": False}}
+LOOP_FILES = {UNIVERSAL: "forward_universal_loop.json", NO_FOCUS: "forward_universal_loop_nofocus.json"}
 
 
 def main() -> None:
@@ -82,9 +87,9 @@ def main() -> None:
                         "mean_baseline": m.get("mean_baseline_mae"), "seconds": secs, "seeds": args.seeds,
                         "epochs": [f["best_epoch"] for f in res.config["fits"]]})
         print(f"{label}: {secs} s; overall test MAE {res.metrics['summary']['test']['mae']['mean']:.4f}")
-        if label == UNIVERSAL:
+        if label in LOOP_FILES:
             loop = closed_loop(eng, uni, res)
-            (RESULTS / "forward_universal_loop.json").write_text(json.dumps(loop, indent=1) + "\n")
+            (RESULTS / LOOP_FILES[label]).write_text(json.dumps(loop, indent=1) + "\n")
     datasets = [d for d in train.available_datasets(eng) if d["kind"] == "EXAFS"]
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     spec = {a: ("paths", 0.0, "mean", False) if a == "paths" else _variants(a)[0] for a in archs}
@@ -99,7 +104,8 @@ def main() -> None:
             base_arch, dropout, pool, _ = spec[arch]
             # the per-element path model stays at width 256, where it was measured (its cells are cached)
             cfg = train.TrainConfig(arch=base_arch, seeds=args.seeds, device="cpu", num_threads=args.threads,
-                                    dropout=dropout, pool=pool, d_hidden=256 if base_arch == "paths" else None)
+                                    dropout=dropout, pool=pool, d_hidden=256 if base_arch == "paths" else None,
+                                    path_focus=False)
             t = time.perf_counter()
             res = train.train_forward(eng, element=d["element"], edge=d["edge"], kind="EXAFS", source=d["source"],
                                       config=cfg, data=data, register=False, split=split, cache_dir=args.cache_dir)
@@ -177,9 +183,10 @@ def write_table(datasets, archs, done, args, uni, summary, seconds) -> None:
         f"{c['val']['spectra']} / test {c['test']['spectra']} spectra. Cells: test MAE of k^2 chi(k) on k = 2-12 "
         "1/A (201 points), mean +/- std over seeds; per-pair rows use only that pair's rows of the same split. "
         f"'{UNIVERSAL}' = models.PathEXAFS as shipped (neighbours to 6 A; element embeddings + frozen CHGNet atom "
-        "features; network width 512) trained once on every pair (absorber and edge as inputs); the next two "
-        "columns: the same at width 256 (the setting before bench_paths_tune.py), and at 256 without the CHGNet "
-        "features; 'paths' = the width-256 model trained on one pair alone; 'mean' = the pair's training-mean spectrum; "
+        "features; network width 512; forward-focusing input) trained once on every pair (absorber and edge as "
+        "inputs); the next three columns: the same without the focusing input (single scattering only; shipped "
+        "before), at width 256 without it (the setting before bench_paths_tune.py), and at 256 without the CHGNet "
+        "features; 'paths' = the width-256 model without focusing trained on one pair alone; 'mean' = the pair's training-mean spectrum; "
         "'xastruct' = the paper's "
         "frozen CHGNet + SGMLP head; gcn/gat/mpnn = GNN baselines; mlp = plain-MLP head ablation.",
         "",
@@ -217,9 +224,14 @@ def write_table(datasets, archs, done, args, uni, summary, seconds) -> None:
                   f"{sum(x < 1 for x in ratio)} of {len(ratio)}); ensemble of the seeds "
                   f"{np.mean([r['mae_ensemble'] for r in every]):.4f}. Training: "
                   f"{every[0]['seconds']:.0f} s for {every[0]['seeds']} seeds (best epochs {every[0].get('epochs')})."]
-    loop_file = RESULTS / "forward_universal_loop.json"
+    loop_file = RESULTS / LOOP_FILES[UNIVERSAL]
     if loop_file.exists():
         loop = json.loads(loop_file.read_text())
+        nofocus = RESULTS / LOOP_FILES[NO_FOCUS]
+        if nofocus.exists():
+            name = "path-model spectrum (predicted from the structure)"
+            loop["inputs"][name.replace("predicted", "no focusing input, predicted")] = json.loads(
+                nofocus.read_text())["inputs"][name]
         lines += ["", "## Closed loop on the held-out materials: structure -> predicted EXAFS -> structure", "",
                   "Random forests for MNND and CN (one each for all absorbers, on k^2 chi(k), |chi(R)| and absorber/edge "
                   f"columns like xastruct.inverse) trained on the {loop['n_train_sites']} training sites' FEFF spectra, "

@@ -679,10 +679,10 @@ class TrainConfig:
     # paths: add the frozen CHGNet atom features of absorber and neighbours to their element
     # embeddings; validation MSE 0.075 vs 0.082 without (paths_tune.md)
     chgnet_atoms: bool = True
-    # paths: tell each neighbour's term about the closer atom most in line with it (forward focusing).
-    # Off: within the seed spread at width 256 (0.0711 / 0.0731 vs 0.0746 / 0.0715); at 512 a little
-    # better (0.0672 / 0.0626 vs 0.0684 / 0.0663): to adopt with the next retraining (paths_tune.md)
-    path_focus: bool = False
+    # paths: tell each neighbour's term about the closer atom most in line with it (forward focusing,
+    # the multiple scattering that single-scattering terms miss). At width 512 validation MSE 0.0672 /
+    # 0.0626 vs 0.0684 / 0.0663 without, each seed better (at 256 within the spread; paths_tune.md)
+    path_focus: bool = True
     encoder_lr_scale: float = 0.1  # fine-tuning: pretrained CHGNet moves 10x slower than the head
     max_minutes: float | None = None  # wall-clock cap per seed (CPU runs of the graph models)
     keep_last: bool = False  # no early stopping: run all epochs, keep the last weights (tiny/noisy val sets)
@@ -1169,6 +1169,9 @@ def _feature_doc(cfg: dict) -> dict:
                "atoms": "element embedding"}
         if cfg.get("chgnet_atoms"):
             doc.update(atoms="element embedding + projected CHGNet atom_fea", chgnet_model=DEFAULT_MODEL)
+        if cfg.get("path_focus"):
+            doc["per_neighbour"] += ("; focusing: cosine, Z and relative distance of the closer atom most in "
+                                     "line with it (within 45 degrees)")
         return doc
     shell = "mean over absorber + CrystalNN first shell (site indices, periodic images once)"
     pool = shell if mode == "graph" else {  # the GNN baselines always pool absorber + first shell
