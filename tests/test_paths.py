@@ -132,6 +132,8 @@ def test_universal_paths_model_registers_pairs_and_beats_the_mean(universal):
     assert e.config["pairs"] == ["Cu:K", "Zn:K"] and len(e.members) == 2
     # the default: CHGNet atom features beside the element embeddings, cut-off as the feff8l RPATH
     assert e.members[0].d_atom == 64 and e.config["features"]["chgnet_model"] and e.members[0].r_max == 6.0
+    # ... and the forward-focusing input (paths_tune.md), documented with the model's features
+    assert e.members[0].focus and e.config["path_focus"] and "focusing" in e.config["features"]["per_neighbour"]
     per_pair = e.metrics["per_pair"]
     assert set(per_pair) == {"Cu:K", "Zn:K"}
     for pair, m in per_pair.items():
