@@ -425,3 +425,21 @@ def test_cli_rerun_of_a_time_capped_run_resumes_and_then_drops_the_checkpoint(ti
     fit = second.config["fits"][0]
     assert fit["resumed_at_epoch"] == 2 and fit["epochs_run"] == 4 and fit["stopped"] == "epochs"
     assert not list(ckdir.glob("*.pt"))  # finished: the training state is gone
+
+
+def test_checkpoint_key_ignores_settings_the_arch_does_not_read(tmp_path):
+    class Data:  # what _checkpoint_path reads of ForwardData
+        def fingerprint(self):
+            return "d"
+
+    idx = {"train": np.arange(3), "val": np.arange(3, 4)}
+
+    def path(**kw):
+        return train._checkpoint_path(tmp_path, train.TrainConfig(**kw).resolved(), Data(), idx, 0)
+
+    # a GNN run keeps resuming when a path-model default changes ...
+    assert path(arch="mpnn", path_focus=True) == path(arch="mpnn", path_focus=False, r_max=5.0, chgnet_atoms=False)
+    # ... caps, threads and device never matter, while what shapes the model does
+    assert path(arch="mpnn", max_minutes=1.0, num_threads=1, epochs=3) == path(arch="mpnn", epochs=400)
+    assert path(arch="mpnn") != path(arch="gat") != path(arch="mpnn", lr=1e-3)
+    assert path(arch="paths", path_focus=True) != path(arch="paths", path_focus=False)

@@ -882,12 +882,17 @@ def _fit(
     }  # fmt: skip
 
 
+#: TrainConfig fields only the path model reads
+PATH_ONLY = {"r_max", "chgnet_atoms", "path_focus"}
+
+
 def _checkpoint_path(cache_dir: Path, cfg: dict, data: ForwardData, idx: dict, seed: int) -> Path:
     """Where one seed's training state lives: keyed by everything that shapes the model (settings,
-    data, split, seed) but not by caps, threads or device, so a rerun with a longer cap resumes."""
+    data, split, seed) but not by caps, threads or device, so a rerun with a longer cap resumes, nor
+    by settings its arch ignores (a new path-model default must not restart a GNN run)."""
     import hashlib
 
-    free = {"num_threads", "device", "max_minutes", "epochs"}
+    free = {"num_threads", "device", "max_minutes", "epochs"} | (set() if cfg["mode"] == "paths" else PATH_ONLY)
     key = json.dumps({"cfg": {k: v for k, v in sorted(cfg.items()) if k not in free}, "data": data.fingerprint(),
                       "split": {s: hashlib.sha1(np.asarray(i).tobytes()).hexdigest() for s, i in idx.items()},
                       "seed": seed}, sort_keys=True, default=str)  # fmt: skip
