@@ -35,21 +35,28 @@ def main() -> None:
 
     from xastruct import ingest, registry, store, train
 
-    old_dir = Path(tempfile.mkdtemp()) / "v1"
-    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", args.old_rev, SHIPPED], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for f in files:  # the old artifact directory, byte for byte
-        out = old_dir / Path(f).relative_to(SHIPPED)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(subprocess.run(["git", "show", f"{args.old_rev}:{f}"], cwd=ROOT, check=True,
-                                       capture_output=True).stdout)
+    scratch = tempfile.TemporaryDirectory()  # the old artifact and a store copy, removed at exit
+    old_dir = Path(scratch.name) / "v1"
+    try:
+        files = subprocess.run(["git", "ls-tree", "-r", "--name-only", args.old_rev, SHIPPED], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+        for f in files:  # the old artifact directory, byte for byte
+            out = old_dir / Path(f).relative_to(SHIPPED)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(subprocess.run(["git", "show", f"{args.old_rev}:{f}"], cwd=ROOT, check=True,
+                                           capture_output=True).stdout)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"--old-rev {args.old_rev}: cannot read {SHIPPED} from git ({exc}); run this in a git "
+                         "clone of the project and pass a commit that shipped the model") from None
+    if not files:
+        raise SystemExit(f"--old-rev {args.old_rev} has no {SHIPPED}: pass a commit that shipped the path model")
     Path(args.db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
     src = store.get_engine(args.db)
     with src.connect() as c:
         if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
             ingest.ingest_builtin(src, workers=2)
     src.dispose()
-    tmp = Path(tempfile.mkdtemp()) / "s.duckdb"  # a copy: the old model is registered only there
+    tmp = Path(scratch.name) / "s.duckdb"  # a copy: the old model is registered only there
     shutil.copy(args.db[len("duckdb:///"):], tmp)
     eng = store.get_engine(f"duckdb:///{tmp}")
     eid = next(e for e in registry.list_models(eng, task="forward") if e.arch == "paths" and e.element is None).id
