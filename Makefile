@@ -6,7 +6,7 @@ XAS    := $(VENV)/bin/xastruct
 DB     ?= duckdb:///./xastruct.duckdb
 PYTEST_ARGS ?= -m "not slow" -n 2
 
-.PHONY: install demo test test-all dataset pretrained clean
+.PHONY: install demo test test-all dataset pretrained pretrained-forward pretrained-inverse clean
 
 install: $(VENV)/.installed
 
@@ -44,20 +44,32 @@ dataset: install
 	$(XAS) dataset build --db $(DATASET_DB)
 	$(XAS) dataset export --db $(DATASET_DB)
 
-# Retrain the small models shipped in xastruct/data/pretrained from the embedded default dataset.
-PRETRAIN_DB ?= duckdb:///./scratch/pretrain.duckdb
+# Retrain the small models shipped in xastruct/data/pretrained from the embedded default dataset
+# (`make pretrained-inverse` / `make pretrained-forward` retrain one half).
 PRETRAINED := xastruct/data/pretrained
-pretrained: install
-	rm -rf $(PRETRAINED) scratch/pretrain.duckdb
-	$(XAS) ingest builtin --no-models --db $(PRETRAIN_DB)
+pretrained: pretrained-forward pretrained-inverse
+
+pretrained-forward: install
+	rm -rf $(PRETRAINED)/forward scratch/pretrain-forward.duckdb
+	$(XAS) ingest builtin --no-models --db duckdb:///./scratch/pretrain-forward.duckdb
 	# forward EXAFS: one path model for all absorbers (per-element CHGNet heads did not beat the mean
 	# spectrum on this data; benchmarks/results/forward_universal.md)
-	$(XAS) train forward --universal --kind EXAFS --arch paths --seeds 2 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
+	$(XAS) train forward --universal --kind EXAFS --arch paths --seeds 2 --models-dir $(PRETRAINED) --db duckdb:///./scratch/pretrain-forward.duckdb
+
+INV_DB := duckdb:///./scratch/pretrain-inverse.duckdb
+pretrained-inverse: install
+	rm -rf $(PRETRAINED)/cn $(PRETRAINED)/neighbor $(PRETRAINED)/mnnd scratch/pretrain-inverse.duckdb
+	$(XAS) ingest builtin --no-models --db $(INV_DB)
 	# CN and neighbour: one forest for all absorbers (absorber/edge as inputs); with 7-132 sites per (element, edge)
 	# the per-element models were worse (benchmarks/results/inverse.md)
-	$(XAS) train inverse --task cn --all --universal --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
-	$(XAS) train inverse --task neighbor --all --universal --arch rf --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
-	$(XAS) train inverse --task mnnd --all --seeds 1 --models-dir $(PRETRAINED) --db $(PRETRAIN_DB)
+	$(XAS) train inverse --task cn --all --universal --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
+	$(XAS) train inverse --task neighbor --all --universal --arch rf --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
+	$(XAS) train inverse --task mnnd --all --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
+	# XANES-only variants, for scans that stop before the EXAFS range; served only for absorbers with
+	# >= inverse.MIN_KIND_ROWS training XANES (the 3d metals)
+	$(XAS) train inverse --task cn --all --universal --features xanes --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
+	$(XAS) train inverse --task neighbor --all --universal --features xanes --arch rf --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
+	$(XAS) train inverse --task mnnd --all --features xanes --seeds 1 --models-dir $(PRETRAINED) --db $(INV_DB)
 
 test-all:
 	$(MAKE) test PYTEST_ARGS=""

@@ -73,15 +73,16 @@ def main() -> None:
     write_table(datasets, archs, done, args, time.perf_counter() - t_all)
 
 
-def default_store(db: str):
-    """Engine on a scratch DuckDB store holding the embedded default dataset (ingested on first use)."""
+def default_store(db: str, *, models: bool = False):
+    """Engine on a scratch DuckDB store holding the embedded default dataset (ingested on first use;
+    models=True registers the shipped models too)."""
     from xastruct import ingest, store
 
     Path(db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
     eng = store.get_engine(db)
     with eng.connect() as c:
         if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
-            ingest.ingest_builtin(eng, workers=2, models=False)
+            ingest.ingest_builtin(eng, workers=2, models=models)
     return eng
 
 

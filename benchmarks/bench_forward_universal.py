@@ -230,8 +230,11 @@ def write_table(datasets, archs, done, args, uni, summary, seconds) -> None:
         nofocus = RESULTS / LOOP_FILES[NO_FOCUS]
         if nofocus.exists():
             name = "path-model spectrum (predicted from the structure)"
-            loop["inputs"][name.replace("predicted", "no focusing input, predicted")] = json.loads(
-                nofocus.read_text())["inputs"][name]
+            extra = {name.replace("predicted", "no focusing input, predicted"): json.loads(
+                nofocus.read_text())["inputs"][name]}
+            # the no-focusing row right under the default's
+            loop["inputs"] = {k: v for n, vv in loop["inputs"].items()
+                              for k, v in ([(n, vv)] + (list(extra.items()) if n == name else []))}
         lines += ["", "## Closed loop on the held-out materials: structure -> predicted EXAFS -> structure", "",
                   "Random forests for MNND and CN (one each for all absorbers, on k^2 chi(k), |chi(R)| and absorber/edge "
                   f"columns like xastruct.inverse) trained on the {loop['n_train_sites']} training sites' FEFF spectra, "

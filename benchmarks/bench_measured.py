@@ -339,8 +339,9 @@ def screened(url: str, ids: dict[str, int]) -> dict[str, dict]:
     return out
 
 
-def exafs_only(url: str, path: Path, element: str) -> dict | None:
-    """The store's models on this file with its XANES withheld (None when the file gives no EXAFS)."""
+def withheld(url: str, path: Path, element: str, drop: str) -> dict | None:
+    """The store's models on this file with one kind withheld (drop = "xanes" or "exafs"); None when
+    the file does not give both kinds. Errors (no model for the remaining kind) stay in the dict."""
     from dataclasses import replace
 
     from xastruct import inverse, store
@@ -350,9 +351,9 @@ def exafs_only(url: str, path: Path, element: str) -> dict | None:
         inp = inverse.spectrum_features(path, element=element)
     except InputError:
         return None
-    if inp.exafs is None:
+    if inp.exafs is None or inp.xanes is None:
         return None
-    return inverse.predict_spectra(store.get_engine(url), replace(inp, xanes=None), device="cpu")
+    return inverse.predict_spectra(store.get_engine(url), replace(inp, **{drop: None}), device="cpu")
 
 
 # ------------------------------------------------------------------------------------ report
@@ -515,6 +516,10 @@ def report(rows: list[dict], info: dict) -> str:
         s_ex = summarize(ex, "exafs_only")
         L += [f"- same models on the XANES+EXAFS files with the XANES withheld (EXAFS input only, "
               f"`inverse.predict_spectra`; {len(ex)} files): {fmt_summary(s_ex)}"]
+    xo = [r for r in rows if r.get("xanes_only")]
+    if xo:
+        L += [f"- the store's XANES-input models on the XANES+EXAFS files with the EXAFS withheld ({len(xo)} files "
+              f"had a model for their element): {fmt_summary(summarize(xo, 'xanes_only'))}"]
     cc = info.get("cross_check")
     if cc:
         L += ["", f"Cross-check: `xastruct predict structure {cc['file']} --element {cc['element']} --json` vs the "
@@ -645,11 +650,12 @@ def main() -> None:
             except InputError as exc:
                 r["why"] = f"unusable: {exc.problem}"
         else:
-            ex = exafs_only(url, path, el)
-            if ex:
-                r["exafs_only"] = {t: {"value": v.get("value"), "label": v.get("label"),
-                                       "uncertainty": v.get("sigma", v.get("uncertainty"))}
-                                   for t, v in ex.items() if "error" not in v}  # fmt: skip
+            for drop, key in (("xanes", "exafs_only"), ("exafs", "xanes_only")):
+                ex = withheld(url, path, el, drop)
+                if ex:
+                    r[key] = {t: {"value": v.get("value"), "label": v.get("label"),
+                                  "uncertainty": v.get("sigma", v.get("uncertainty"))}
+                              for t, v in ex.items() if "error" not in v}  # fmt: skip
         rows.append(r)
 
     # cross-check one file through `xastruct predict structure`

@@ -33,7 +33,9 @@ def main() -> None:
     args = ap.parse_args()
     import sqlalchemy as sa
 
-    from xastruct import ingest, registry, store, train
+    from bench_forward_default import default_store
+
+    from xastruct import registry, store, train
 
     scratch = tempfile.TemporaryDirectory()  # the old artifact and a store copy, removed at exit
     old_dir = Path(scratch.name) / "v1"
@@ -50,12 +52,7 @@ def main() -> None:
                          "clone of the project and pass a commit that shipped the model") from None
     if not files:
         raise SystemExit(f"--old-rev {args.old_rev} has no {SHIPPED}: pass a commit that shipped the path model")
-    Path(args.db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    src = store.get_engine(args.db)
-    with src.connect() as c:
-        if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
-            ingest.ingest_builtin(src, workers=2)
-    src.dispose()
+    default_store(args.db, models=True).dispose()
     tmp = Path(scratch.name) / "s.duckdb"  # a copy: the old model is registered only there
     shutil.copy(args.db[len("duckdb:///"):], tmp)
     eng = store.get_engine(f"duckdb:///{tmp}")

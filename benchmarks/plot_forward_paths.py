@@ -29,13 +29,11 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xastruct import ingest, inverse, registry, store, train
+    from bench_forward_default import default_store
 
-    Path(args.db[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    eng = store.get_engine(args.db)
-    with eng.connect() as c:
-        if not c.exec_driver_sql("SELECT count(*) FROM spectra").scalar():
-            ingest.ingest_builtin(eng, workers=2)
+    from xastruct import inverse, registry, train
+
+    eng = default_store(args.db, models=True)
     entry = next(e for e in registry.list_models(eng, task="forward") if e.arch == "paths" and e.element is None)
     entry = registry.load(eng, entry.id, device="cpu")
     test = set(json.loads((Path(entry.artifact) / "split.json").read_text())["test"])

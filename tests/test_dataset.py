@@ -66,3 +66,22 @@ def test_ingest_builtin_missing_dataset_is_clear(tmp_path):
     res = CliRunner().invoke(main, ["ingest", "builtin", "--dataset", str(tmp_path / "nope"),
                                     "--db", f"duckdb:///{tmp_path / 'x.duckdb'}"])
     assert res.exit_code != 0 and "no dataset here" in res.output
+
+
+def test_dataset_status_counts_done_and_remaining(source_store, monkeypatch):
+    """`xastruct dataset status`: per recipe step, the target (sites capped by the limit), spectra done
+    and what is left; elements short of their target are listed."""
+    monkeypatch.setattr(dataset, "RECIPE", [{"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
+                                            {"kind": "XANES", "edge": "K", "elements": ["Ni", "Cu"], "limit": 1}])
+    rows = {(r["step"], r["element"]): r for r in dataset.recipe_status(store.get_engine(source_store))}
+    assert {k: (r["sites"], r["target"], r["done"]) for k, r in rows.items()} == {
+        (1, "O"): (1, 1, 1), (1, "Ni"): (1, 1, 1), (1, "Cu"): (1, 1, 1),
+        (2, "Ni"): (1, 1, 0), (2, "Cu"): (1, 1, 0)}
+    store.dispose_engines()
+    res = CliRunner().invoke(main, ["dataset", "status", "--db", source_store])
+    assert res.exit_code == 0, res.output
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in res.output.splitlines() if line.startswith("│")]
+    # recipe table (8 columns): step 2 targets 2 sites, 0 done, 0 failed, 2 to run
+    assert [c[3:7] for c in cells if len(c) == 8 and c[0] == "2"] == [["2", "0", "0", "2"]]
+    # elements short of their target (6 columns): both step-2 elements
+    assert {c[1] for c in cells if len(c) == 6 and c[0] == "2"} == {"Ni", "Cu"}

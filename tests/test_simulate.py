@@ -140,3 +140,36 @@ def test_limit_is_per_element_not_per_run(tmp_path):
     info1 = sim.plan(eng, elements=["O"], kind="EXAFS", limit=1)
     assert len(sim.pending_jobs(eng, elements=["O"], edge="K", kind="EXAFS", code="feff8l", keys=info1["keys"])) == 1
     store.dispose_engines()
+
+
+def test_limit_keeps_computed_sites_then_samples_stably(tmp_path):
+    """--limit N picks the sites already simulated first (raising a limit keeps them), then a stable
+    pseudo-random sample: the same plan twice gives the same sites, and a larger limit extends it."""
+    from xastruct import simulate as sim
+
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    _structures(tmp_path / "cifs")
+    res = CliRunner().invoke(main, ["ingest", "structures", str(tmp_path / "cifs"), "--db", url])
+    assert res.exit_code == 0, res.output
+    eng = store.get_engine(url)
+    all_o = sim.plan(eng, elements=["O"], kind="EXAFS")["keys"]
+    assert len(all_o) == 3
+    one, again = (sim.plan(eng, elements=["O"], kind="EXAFS", limit=1)["keys"] for _ in range(2))
+    two = sim.plan(eng, elements=["O"], kind="EXAFS", limit=2)["keys"]
+    assert one == again and one < two < all_o
+    # mark a site outside the 1-site sample as computed: it becomes the 1-site pick
+    (other,) = sorted(all_o - one)[:1]
+    with eng.begin() as c:
+        store.bulk_insert(c, "spectra", [dict(key="stored-O", absorber="O", edge="K", kind="EXAFS", source="feff8l",
+                                               energies=[1.0, 2.0], mu=[0.0, 1.0], normalized=True,
+                                               provenance={"job_key": other})])
+    assert sim.plan(eng, elements=["O"], kind="EXAFS", limit=1)["keys"] == {other}
+    store.dispose_engines()
+
+
+def test_interleave_round_robins_absorbers_keeping_order():
+    from xastruct.simulate import interleave
+
+    jobs = [{"absorber": a, "n": i} for i, a in enumerate(["Fe", "Fe", "Fe", "Ni", "Ni", "Cu"])]
+    out = [(j["absorber"], j["n"]) for j in interleave(jobs)]
+    assert out == [("Fe", 0), ("Ni", 3), ("Cu", 5), ("Fe", 1), ("Ni", 4), ("Fe", 2)]

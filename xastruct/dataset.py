@@ -32,7 +32,9 @@ _HEAVY_L3 = ["Zr", "Mo", "Ru", "Pd", "Ag", "Sn", "Sb", "I", "Ba", "La", "Ce", "G
 RECIPE: list[dict] = [
     {"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
     {"kind": "EXAFS", "edge": "L3", "elements": "all", "min_z": 40},
-    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 4},
+    # limit = sites per element: those already computed, then a stable random sample (simulate._limited);
+    # 40 gives the 3d metals enough XANES for per-element and XANES-only models (4 were too few)
+    {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 40},
     {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 2},
     {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 1},
 ]
@@ -50,6 +52,43 @@ def recipe_elements(engine: sa.Engine, step: dict) -> list[str]:
         els = set(step["elements"])
     lo, hi = step.get("min_z", 1), step.get("max_z", 120)
     return sorted((e for e in els if lo <= Element(e).Z <= hi), key=lambda e: Element(e).Z)
+
+
+def recipe_status(engine: sa.Engine) -> list[dict]:
+    """Progress of each recipe step on the stored structures, one row per (step, element): labelled
+    inequivalent sites, the step's target (sites, capped by its limit), spectra done, jobs failed,
+    and the median FEFF seconds of the done ones (for the time the rest needs)."""
+    from .simulate import CODES
+    from .schema import jobs as jobs_t
+
+    out = []
+    with engine.connect() as conn:
+        for n, step in enumerate(RECIPE, 1):
+            kind, edge = step["kind"], step["edge"]
+            code = CODES[kind][0]
+            els = recipe_elements(engine, step)
+            rep = sa.or_(sites_t.c.equivalent_to.is_(None), sites_t.c.equivalent_to == sites_t.c.site_index)
+            n_sites = dict(conn.execute(sa.select(sites_t.c.element, sa.func.count()).where(
+                sites_t.c.element.in_(els), rep).group_by(sites_t.c.element)).all())
+            done = dict(conn.execute(sa.select(spectra_t.c.absorber, sa.func.count(sa.distinct(spectra_t.c.site_id)))
+                                     .where(spectra_t.c.absorber.in_(els), spectra_t.c.edge == edge,
+                                            spectra_t.c.kind == kind, spectra_t.c.source == code,
+                                            spectra_t.c.site_id.is_not(None))
+                                     .group_by(spectra_t.c.absorber)).all())
+            failed = dict(conn.execute(sa.select(jobs_t.c.absorber, sa.func.count()).where(
+                jobs_t.c.absorber.in_(els), jobs_t.c.edge == edge, jobs_t.c.kind == kind, jobs_t.c.code == code,
+                jobs_t.c.status == "failed").group_by(jobs_t.c.absorber)).all())
+            secs = [float(x) for x in conn.execute(sa.text(
+                "SELECT provenance->>'seconds' FROM spectra WHERE kind = :k AND edge = :e AND source = :c"),
+                {"k": kind, "e": edge, "c": code}).scalars() if x is not None]
+            med = float(np.median(secs)) if secs else None
+            for el in els:
+                target = min(n_sites.get(el, 0), step.get("limit") or 10**9)
+                out.append(dict(step=n, kind=kind, edge=edge, code=code, element=el, sites=n_sites.get(el, 0),
+                                target=target, done=done.get(el, 0), failed=failed.get(el, 0), median_seconds=med))
+    return out
+
+
 _SKIP = {"id", "created_at", "run_id", "structure_id", "site_id"}
 _FLOAT_ARRAYS = ("energies", "mu", "mu_raw", "k", "chi")
 

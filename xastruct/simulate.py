@@ -95,19 +95,43 @@ def plan(
         if where:
             q = q.where(sa.text(where))
         with engine.connect() as conn:
-            reps = conn.execute(q).all()
-        if limit:
-            reps = reps[:limit]
+            reps = [(sid, idx, h, job_key(h, idx, edge, kind, code, full)) for sid, idx, h in conn.execute(q)]
+            if limit:
+                reps = _limited(conn, reps, limit, code)
         rows = [
-            dict(key=job_key(h, idx, edge, kind, code, full), structure_id=sid, site_index=idx, absorber=el,
+            dict(key=key, structure_id=sid, site_index=idx, absorber=el,
                  edge=edge, kind=kind, code=code, params=full, status="pending")
-            for sid, idx, h in reps
+            for sid, idx, h, key in reps
         ]
         keys.update(r["key"] for r in rows)
         with engine.begin() as conn:
             planned += store.bulk_insert(conn, "jobs", rows)
     adopt_existing(engine, code)
     return {"planned": planned, "params": full, "code": code, "keys": keys}
+
+
+def _limited(conn: sa.Connection, reps: list[tuple], limit: int, code: str) -> list[tuple]:
+    """`limit` sites of one element: those whose spectrum is already stored first (raising a limit
+    keeps the earlier picks), then a stable pseudo-random sample (hash of structure and site), so
+    every limit is a representative draw, not the first structures of the library."""
+    done = set(conn.execute(sa.text("SELECT provenance->>'job_key' FROM spectra WHERE source = :code"),
+                            {"code": code}).scalars())
+
+    def rank(r):
+        return (r[3] not in done, hashlib.sha256(f"{r[2]}:{r[1]}".encode()).hexdigest())
+
+    return sorted(reps, key=rank)[:limit]
+
+
+def interleave(jobs: list[dict]) -> list[dict]:
+    """Jobs round-robin over absorbers (stable within each): a run stopped part-way leaves every
+    element with about the same share done instead of the first elements complete."""
+    seen: dict[str, int] = {}
+    ranked = []
+    for i, j in enumerate(jobs):
+        seen[j["absorber"]] = seen.get(j["absorber"], -1) + 1
+        ranked.append((seen[j["absorber"]], i, j))
+    return [j for _, _, j in sorted(ranked, key=lambda t: (t[0], t[1]))]
 
 
 def adopt_existing(engine: sa.Engine, code: str) -> int:
@@ -341,8 +365,8 @@ def simulate(
     """Plan and run: the whole `xastruct simulate` command."""
     info = plan(engine, elements=elements, edge=edge, kind=kind, code=code, params=params, radius=radius,
                 limit=limit, where=where)
-    todo = pending_jobs(engine, elements=elements, edge=edge, kind=kind.upper(), code=info["code"],
-                        retry_failed=retry_failed, keys=info["keys"])
+    todo = interleave(pending_jobs(engine, elements=elements, edge=edge, kind=kind.upper(), code=info["code"],
+                                   retry_failed=retry_failed, keys=info["keys"]))
     args = dict(elements=list(elements), edge=edge, kind=kind, code=info["code"], params=params, radius=radius,
                 workers=workers, scheduler=scheduler, limit=limit)
     with store.run_record(engine, "simulate", args) as summary:

@@ -41,6 +41,38 @@ def build(steps: str | None, workers: int, scheduler: str | None, retry_failed: 
                        "failed": res["failed"], "already done before": res["already_done"]}, [])
 
 
+@dataset_group.command("status")
+@click.option("--all-elements", is_flag=True, help="List every element, not only those short of their target.")
+@db_option
+def status(all_elements: bool, db: str | None) -> None:
+    """How far the recipe has got on this store: per step, spectra done of the target, and the FEFF
+    time the rest needs (from the median of the done jobs)."""
+    from rich.table import Table
+
+    rows = ds.recipe_status(store.get_engine(db))
+    t = Table(title="default-dataset recipe (xastruct/dataset.py RECIPE)")
+    for c in ("step", "kind / edge", "elements", "target", "done", "failed", "to run", "core-hours left"):
+        t.add_column(c, justify="left" if c in ("kind / edge", "elements") else "right")
+    short = []
+    for n in sorted({r["step"] for r in rows}):
+        rr = [r for r in rows if r["step"] == n]
+        left = sum(max(r["target"] - r["done"] - r["failed"], 0) for r in rr)
+        med = rr[0]["median_seconds"]
+        t.add_row(str(n), f"{rr[0]['kind']} {rr[0]['edge']} ({rr[0]['code']})", str(len(rr)),
+                  str(sum(r["target"] for r in rr)), str(sum(min(r["done"], r["target"]) for r in rr)),
+                  str(sum(r["failed"] for r in rr)), str(left), "-" if med is None else f"{left * med / 3600:.1f}")
+        short += [r for r in rr if all_elements or r["done"] + r["failed"] < r["target"]]
+    out.print(t)
+    if short:
+        t2 = Table(title="per element" if all_elements else "elements short of their target")
+        for c in ("step", "element", "labelled sites", "target", "done", "failed"):
+            t2.add_column(c, justify="left" if c == "element" else "right")
+        for r in short:
+            t2.add_row(str(r["step"]), r["element"], str(r["sites"]), str(r["target"]), str(r["done"]),
+                       str(r["failed"]))
+        out.print(t2)
+
+
 @dataset_group.command("export")
 @click.option("--out", "out_dir", default=None, help="Folder (default: the package's embedded default dataset).")
 @click.option("--sources", default="builtin", show_default=True, help="Structure sources to include.")

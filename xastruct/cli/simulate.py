@@ -21,7 +21,8 @@ from .common import console, db_option, is_tty, print_summary, progress_bar
 @click.option("--params", "params_json", default=None, help='Extra FEFF parameters as JSON, e.g. \'{"sig2": 0.005}\'.')
 @click.option("--workers", type=int, default=2, show_default=True, help="Local dask worker processes.")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://HOST:PORT).")
-@click.option("--limit", type=int, default=None, help="At most N sites per element.")
+@click.option("--limit", type=int, default=None, help="At most N sites per element: those already simulated first, then a stable random "
+                   "sample (a larger N later extends the same sample).")
 @click.option("--timeout", type=float, default=None, help="Seconds per FEFF job before it is killed.")
 @click.option("--retry-failed", is_flag=True, help="Run failed jobs again.")
 @click.option("--where", default=None, help="Extra SQL filter on structures/sites, e.g. \"structures.source = 'builtin'\".")
