@@ -246,6 +246,10 @@ def test_shipped_models_register_once_and_load(duck, tmp_path):
     assert registry.import_artifacts(other, registry.PRETRAINED_DIR)["added"] == len(metas)
     tasks = {e.task for e in registry.list_models(other)}
     assert {"forward", "cn", "neighbor", "mnnd"} <= tasks
+    # XANES-only variants for scans that stop before the EXAFS range, each read for some 3d metal
+    xo = [e for e in registry.list_models(other) if e.task != "forward" and e.kind == "XANES"]
+    assert {e.task for e in xo} == {"cn", "neighbor", "mnnd"}
+    assert all(any(inv.saw_kind(e.config, "XANES", el) for el in ("Mn", "Fe", "Cu")) for e in xo)
 
 
 def test_batched_exafs_features_equal_per_row_path():
