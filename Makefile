@@ -49,12 +49,13 @@ dataset: install
 PRETRAINED := xastruct/data/pretrained
 pretrained: pretrained-forward pretrained-inverse
 
+FWD_DB := duckdb:///./scratch/pretrain-forward.duckdb
 pretrained-forward: install
 	rm -rf $(PRETRAINED)/forward scratch/pretrain-forward.duckdb
-	$(XAS) ingest builtin --no-models --db duckdb:///./scratch/pretrain-forward.duckdb
+	$(XAS) ingest builtin --no-models --db $(FWD_DB)
 	# forward EXAFS: one path model for all absorbers (per-element CHGNet heads did not beat the mean
 	# spectrum on this data; benchmarks/results/forward_universal.md)
-	$(XAS) train forward --universal --kind EXAFS --arch paths --seeds 2 --models-dir $(PRETRAINED) --db duckdb:///./scratch/pretrain-forward.duckdb
+	$(XAS) train forward --universal --kind EXAFS --arch paths --seeds 2 --models-dir $(PRETRAINED) --db $(FWD_DB)
 
 INV_DB := duckdb:///./scratch/pretrain-inverse.duckdb
 pretrained-inverse: install

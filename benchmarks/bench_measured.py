@@ -549,7 +549,8 @@ def discussion(rows: list[dict], info: dict) -> str:
     parts = [
         "The models are small and were trained only on the embedded default dataset: feff8l EXAFS "
         "(chi(k) of single FEFF 8 runs with one fixed Debye-Waller factor, SIG2 0.004 A^2, S02 0.9, cluster "
-        "7 A) of a few dozen CHGNet-relaxed prototype structures per absorber (`bench_inverse.py --describe`), so "
+        "7 A) of a few dozen CHGNet-relaxed prototype structures per absorber (`bench_inverse.py --describe`), "
+        "and FEFF10 XANES of some of those sites (most for the 3d metals; `xastruct dataset status`), so "
         "the CN and neighbour classifiers shipped now are one random forest each for all absorbers (absorber and edge as inputs; "
         "per-element models had a few dozen training materials each, and the neighbour ones knew only the "
         "metal itself and 'other'), like the universal MNND network."]

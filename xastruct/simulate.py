@@ -83,6 +83,7 @@ def plan(
         full["cluster_radius"] = float(radius)
     planned = 0
     keys: set[str] = set()  # every job of this plan, new or not (limit is per element)
+    done: set[str] | None = None
     for el in elements:
         ensure_sites(engine, el, where=where)
         q = (
@@ -97,7 +98,10 @@ def plan(
         with engine.connect() as conn:
             reps = [(sid, idx, h, job_key(h, idx, edge, kind, code, full)) for sid, idx, h in conn.execute(q)]
             if limit:
-                reps = _limited(conn, reps, limit, code)
+                if done is None:  # job keys of the stored spectra, read once per plan
+                    done = set(conn.execute(sa.text("SELECT provenance->>'job_key' FROM spectra WHERE source = :c"),
+                                            {"c": code}).scalars())
+                reps = _limited(reps, limit, done)
         rows = [
             dict(key=key, structure_id=sid, site_index=idx, absorber=el,
                  edge=edge, kind=kind, code=code, params=full, status="pending")
@@ -110,12 +114,10 @@ def plan(
     return {"planned": planned, "params": full, "code": code, "keys": keys}
 
 
-def _limited(conn: sa.Connection, reps: list[tuple], limit: int, code: str) -> list[tuple]:
-    """`limit` sites of one element: those whose spectrum is already stored first (raising a limit
-    keeps the earlier picks), then a stable pseudo-random sample (hash of structure and site), so
-    every limit is a representative draw, not the first structures of the library."""
-    done = set(conn.execute(sa.text("SELECT provenance->>'job_key' FROM spectra WHERE source = :code"),
-                            {"code": code}).scalars())
+def _limited(reps: list[tuple], limit: int, done: set[str]) -> list[tuple]:
+    """`limit` sites of one element: those whose job key is in `done` (spectrum stored) first, so
+    raising a limit keeps the earlier picks, then a stable pseudo-random sample (hash of structure
+    and site), so every limit is a representative draw, not the first structures of the library."""
 
     def rank(r):
         return (r[3] not in done, hashlib.sha256(f"{r[2]}:{r[1]}".encode()).hexdigest())

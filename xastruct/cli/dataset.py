@@ -46,7 +46,10 @@ def build(steps: str | None, workers: int, scheduler: str | None, retry_failed: 
 @db_option
 def status(all_elements: bool, db: str | None) -> None:
     """How far the recipe has got on this store: per step, spectra done of the target, and the FEFF
-    time the rest needs (from the median of the done jobs)."""
+    time the rest needs (from the median of the done jobs).
+
+    'done' counts sites with a spectrum of that kind/edge/code whatever its FEFF settings; 'failed'
+    counts this store's failed jobs (a store loaded from the parquet has none recorded)."""
     from rich.table import Table
 
     rows = ds.recipe_status(store.get_engine(db))
