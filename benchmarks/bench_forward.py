@@ -12,7 +12,16 @@ settings, so an interrupted run resumes where it stopped.
     nohup .venv/bin/python benchmarks/bench_forward.py > /tmp/bench_forward.log 2>&1 &
 
 The store defaults to a scratch DuckDB file outside the repo; it is filled from the shared tree on
-first use. GNN baselines cost minutes per epoch on a 2-core CPU: their epochs and wall time per
+first use. A GNN run longer than one working session can keep its training state in the repo:
+`--cache-dir benchmarks/state/cu` keeps only the per-seed checkpoints there under git (the caches
+beside them are ignored), so a fresh machine resumes the run where the last session committed it.
+The uncapped MPNN row started that way (forward_cu_mpnn.md):
+
+    python benchmarks/bench_forward.py --db duckdb:///./scratch/cu.duckdb --archs mpnn --seeds 1 \
+        --gnn-epochs 400 --gnn-minutes 600 --threads 1 --cache-dir benchmarks/state/cu \
+        --models-dir scratch/cu_models --out benchmarks/results/forward_cu_mpnn.md
+
+(the store: `xastruct ingest feff ../shared/data/cu_k_feff9 --db duckdb:///./scratch/cu.duckdb`). GNN baselines cost minutes per epoch on a 2-core CPU: their epochs and wall time per
 seed are capped (``--gnn-epochs``, ``--gnn-minutes``) and the table says so.
 """
 

@@ -250,6 +250,12 @@ def test_shipped_models_register_once_and_load(duck, tmp_path):
     xo = [e for e in registry.list_models(other) if e.task != "forward" and e.kind == "XANES"]
     assert {e.task for e in xo} == {"cn", "neighbor", "mnnd"}
     assert all(any(inv.saw_kind(e.config, "XANES", el) for el in ("Mn", "Fe", "Cu")) for e in xo)
+    # forward: one XANES model over the 3d metals beside the EXAFS path model
+    from xastruct.train import serves
+
+    fx = [e for e in registry.list_models(other) if e.task == "forward" and e.kind == "XANES"]
+    assert len(fx) == 1 and all(serves(fx[0], el, "K") for el in ("Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn"))
+    assert fx[0].config["pool"] == "absorber" and fx[0].metrics["per_pair"]["Fe:K"]["n_train"] >= 25
 
 
 def test_batched_exafs_features_equal_per_row_path():

@@ -252,8 +252,9 @@ def screen_forward(
                             nbr_cache[(sid, idx)] = crystalnn_neighbors(structs[sid], idx)[0]
                         z.append(pooled_embedding(feas[sid], None, idx, neighbors=nbr_cache.get((sid, idx)), pool=pool))
                     zt = torch.from_numpy(np.stack(z).astype(np.float32)).to(dev)
+                    pairs = None if entry.element is not None else [f"{element}:{edge}"] * len(items)
                     with torch.no_grad():
-                        out = np.stack([m(zt).cpu().numpy() for m in entry.members])  # (members, n, grid)
+                        out = np.stack([m(zt, pairs).cpu().numpy() for m in entry.members])  # (members, n, grid)
                 elif mode == "paths":  # every site of the batch in one call per member
                     from .train import path_inputs
 

@@ -96,6 +96,7 @@ __all__ = [
     "load_universal_data",
     "path_inputs",
     "predict_sites",
+    "pooled_pairs",
     "serves",
     "resample",
     "site_neighbors",
@@ -575,18 +576,34 @@ def _graphs(data: ForwardData, encoder: nn.Module, tag: str) -> dict[int, Any]:
 class PooledForward(ModelIO, nn.Module):
     """Frozen-encoder forward model on precomputed pooled site embeddings:
     ``y_mean + head((z - x_mean) / x_std)``. Standardizing the input and predicting the residual
-    from the training-mean spectrum are stored in the model, so a reload needs nothing else."""
+    from the training-mean spectrum are stored in the model, so a reload needs nothing else.
 
-    def __init__(self, *, head: SpectrumHead, x_mean: list[float], x_std: list[float], y_mean: list[float]):
+    With *pairs* ("El:edge" absorbers) it is one model over several absorbers: ``y_mean`` holds one
+    training-mean spectrum per pair, the head also reads a one-hot of the pair, and ``forward`` needs
+    each row's pair."""
+
+    def __init__(self, *, head: SpectrumHead, x_mean: list[float], x_std: list[float], y_mean: list,
+                 pairs: list[str] | None = None):  # fmt: skip
         super().__init__()
         self.head = head
+        self.pairs = list(pairs) if pairs else None
         self.register_buffer("x_mean", torch.tensor(x_mean, dtype=torch.float32))
         self.register_buffer("x_std", torch.tensor(x_std, dtype=torch.float32))
         self.register_buffer("y_mean", torch.tensor(y_mean, dtype=torch.float32))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, pairs: Sequence[str] | None = None) -> torch.Tensor:
         z = z.to(self.x_mean.device, torch.float32)
-        return self.y_mean + self.head((z - self.x_mean) / self.x_std)
+        x = (z - self.x_mean) / self.x_std
+        if self.pairs is None:
+            return self.y_mean + self.head(x)
+        if pairs is None or len(pairs) != len(z):
+            raise ValueError("a model over several absorbers needs each row's 'El:edge'")
+        unknown = sorted(set(pairs) - set(self.pairs))
+        if unknown:
+            raise InputError(f"absorber {', '.join(unknown)}", f"not among the model's {self.pairs}",
+                             "`xastruct models` lists what each model covers")  # fmt: skip
+        i = torch.tensor([self.pairs.index(p) for p in pairs], device=z.device, dtype=torch.long)
+        return self.y_mean[i] + self.head(torch.cat([x, F.one_hot(i, len(self.pairs)).float()], dim=1))
 
 
 class GraphForward(ModelIO, nn.Module):
@@ -951,6 +968,20 @@ def _build(cfg: dict, data: ForwardData, train_idx: np.ndarray, *, cache_dir, de
                           pool=cfg.get("pool", "mean"))
         x_mean = z[train_idx].mean(0)
         x_std = np.maximum(z[train_idx].std(0), 1e-6)  # constant features (tiny sets) stay finite
+    if mode == "pooled" and data.universal:
+        # one model over several absorbers: each pair's own training mean, the pair as a one-hot input
+        row_pairs = data.pairs()
+        pairs = sorted(set(row_pairs))
+        tr_pairs = np.array(row_pairs)[train_idx]
+        missing = [p for p in pairs if not (tr_pairs == p).any()]
+        if missing:
+            raise InputError(f"{', '.join(missing)} {data.kind}", "no training spectra in the split",
+                             "simulate more sites of these absorbers, or train per element")  # fmt: skip
+        y_means = [data.y[train_idx][tr_pairs == p].mean(0).astype(float).tolist() for p in pairs]
+        model = PooledForward(head=SpectrumHead(d_embed=z.shape[1] + len(pairs), **head_kw), x_mean=x_mean.tolist(),
+                              x_std=x_std.tolist(), y_mean=y_means, pairs=pairs).to(dev)  # fmt: skip
+        zt = torch.from_numpy(z).to(dev)
+        return model, (lambda m, b: m(zt[b], [row_pairs[i] for i in b])), None
     if mode == "pooled":
         model = PooledForward(head=SpectrumHead(d_embed=z.shape[1], **head_kw), x_mean=x_mean.tolist(),
                               x_std=x_std.tolist(), y_mean=y_mean).to(dev)  # fmt: skip
@@ -1013,6 +1044,7 @@ def train_forward(
     config: TrainConfig | None = None, models_dir: str | Path | None = None, cache_dir: str | Path | None = None,
     data: ForwardData | None = None, register: bool = True, split: dict[int, str] | None = None,
     progress_factory: Callable | None = None, epoch_progress: Callable | None = None,
+    min_spectra: int = 1, min_materials: int = 1,
 ) -> TrainResult:  # fmt: skip
     """Train (``config.seeds`` seeds), evaluate on the held-out materials and register the model.
 
@@ -1033,11 +1065,12 @@ def train_forward(
     if cfg["num_threads"]:
         torch.set_num_threads(cfg["num_threads"])
     try:
-        if element is None and ARCHS[config.arch][0] != "paths":
+        if element is None and (ARCHS[config.arch][0] not in ("paths", "pooled") or cfg["mode"] == "finetune"):
             raise InputError(f"--arch {config.arch}", "has no absorber input, so it cannot be one model for all "
-                             "elements", "train it per element, or use --arch paths")  # fmt: skip
+                             "elements", "train it per element, or use --arch paths / xastruct")  # fmt: skip
         if data is None:
-            data = (load_universal_data(engine, kind=kind, source=source) if element is None else
+            data = (load_universal_data(engine, kind=kind, source=source, min_spectra=min_spectra,
+                                        min_materials=min_materials) if element is None else
                     load_forward_data(engine, element=element, edge=edge, kind=kind, source=source))  # fmt: skip
         if split is None:
             split, split_summary = prepare_split(data, seed=cfg["split_seed"], fractions=cfg["fractions"],
@@ -1222,7 +1255,8 @@ def predict_sites(
                                           cache_dir=Path(cache_dir) / "chgnet" if cache_dir else None, **kw)[0]  # fmt: skip
             z = torch.from_numpy(np.stack([pooled_embedding(feas, None, i, neighbors=nb, pool=pool)
                                            for i, nb in zip(sites, nbrs)]))
-            return np.stack([m(z).cpu().numpy() for m in members])
+            pairs = pooled_pairs(entry, structure, sites, edge=edge)
+            return np.stack([m(z, pairs).cpu().numpy() for m in members])
         if mode in ("graph", "finetune"):
             from .embed import absorber_mask
 
@@ -1233,6 +1267,19 @@ def predict_sites(
                 out.append(m([g] * len(sites), masks).cpu().numpy())
             return np.stack(out)
     raise ValueError(f"model {entry.name}: unknown mode {mode!r} in its config")
+
+
+def pooled_pairs(entry: registry.ModelEntry, structure: Any, sites: Sequence[int], *, edge: str | None = None
+                 ) -> list[str] | None:  # fmt: skip
+    """Each site's "El:edge" for a pooled model over several absorbers (None for a per-element one)."""
+    if entry.element is not None:
+        return None
+    edge = edge or "K"
+    out = []
+    for i in sites:
+        el = max(structure[i].species.items(), key=lambda kv: kv[1])[0]
+        out.append(f"{getattr(el, 'element', el).symbol}:{edge}")  # Species (oxidation state) -> Element
+    return out
 
 
 def serves(entry: registry.ModelEntry, element: str, edge: str) -> bool:

@@ -99,12 +99,15 @@ def train_group() -> None:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--all", "all_", is_flag=True,
-              help=f"Every element/edge/kind/source with >= --min-spectra site spectra from >= --min-materials structures.")  # fmt: skip
+              help="Every element/edge/kind/source with >= --min-spectra site spectra from >= --min-materials structures "
+                   "(only the --kind / --edge / --source given explicitly, e.g. `--all --kind XANES`).")  # fmt: skip
 @click.option("--universal", is_flag=True,
               help="One model over every (element, edge) of --kind in the store (so --all is implied), absorber and "
-                   "edge as inputs (--arch paths only; benchmarks/results/forward_universal.md: far better than per element).")
-@click.option("--min-spectra", type=int, default=40, show_default=True)
-@click.option("--min-materials", type=int, default=20, show_default=True)
+                   "edge as inputs (--arch paths, or the frozen-CHGNet heads: xastruct, ablations; "
+                   "benchmarks/results/forward_universal.md: far better than per element).")
+@click.option("--min-spectra", type=int, default=40, show_default=True,
+              help="--all: per element/edge/kind; --universal: per absorber, and only when typed (else every absorber).")
+@click.option("--min-materials", type=int, default=20, show_default=True, help="As --min-spectra, in structures.")
 @click.option("--models-dir", type=click.Path(file_okay=False), default=None,
               help="Artifact directory (default: models/ next to the DuckDB file, else ./models).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -127,22 +130,32 @@ def forward(element, edge, kind, source, arch, freeze, seeds, split_seed, epochs
         device=device, num_threads=threads, pool=pool, chgnet_atoms=chgnet_atoms,
         **({} if path_focus is None else {"path_focus": path_focus}),
     )  # fmt: skip
+    # --kind/--edge/--min-* have defaults; some choices below hinge on whether they were typed
+    typed = lambda name: click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE  # noqa: E731
     if universal:
         targets = [dict(element=None, edge=None, kind=kind, source=source)]
     elif all_:
         targets = tr.available_datasets(eng, min_spectra=min_spectra, min_materials=min_materials)
+        # with --all, --kind/--edge/--source filter only when typed, so plain --all stays "everything"
+        given = {k: v for k, v in (("kind", kind), ("edge", edge), ("source", source)) if typed(k)}
+        targets = [t for t in targets if all(t[k] == v for k, v in given.items())]
         if not targets:
             raise InputError("train forward --all", f"no element/edge/kind with >= {min_spectra} site spectra "
-                             f"from >= {min_materials} structures", "ingest or simulate more data")  # fmt: skip
+                             f"from >= {min_materials} structures"
+                             + "".join(f", {k} {v}" for k, v in given.items()), "ingest or simulate more data")  # fmt: skip
     else:
         targets = [dict(element=element, edge=edge, kind=kind, source=source)]
+    # a model over all absorbers takes every pair with data unless a minimum is typed
+    mins = dict(min_spectra=min_spectra if typed("min_spectra") else 1,
+                min_materials=min_materials if typed("min_materials") else 1) if universal else {}
     rows = []
-    args = dict(targets=targets, config={k: v for k, v in vars(config).items()})
+    args = dict(targets=targets, config={k: v for k, v in vars(config).items()}, **mins)
     with store.run_record(eng, "train forward", json.loads(json.dumps(args, default=str))) as summary:
         for t in targets:
             res = tr.train_forward(
                 eng, element=t["element"], edge=t["edge"], kind=t["kind"], source=t["source"], config=config,
                 models_dir=models_dir, cache_dir=cache_dir, progress_factory=progress_bar, epoch_progress=epoch_bar,
+                **mins,
             )  # fmt: skip
             e = res.entry
             rows.append((e.name, res.metrics["summary"], res.metrics["n_seeds"]))
