@@ -246,8 +246,9 @@ def write_table(datasets, archs, done, args, uni, summary, seconds) -> None:
             f"'{first}' = frozen CHGNet absorber features (absorber pooling, dropout 0.2: the Cu K XANES validation "
             "choice, eta_cu.md) + a one-hot of the absorber into one SGMLP head, predicting the residual from each "
             "absorber's training-mean spectrum (`xastruct train forward --universal --kind XANES --arch xastruct "
-            "--pool absorber --dropout 0.2 --min-spectra 40`, what `make pretrained-forward` ships); the next column: "
-            "the same with the paper's mean pooling over absorber + first shell, no dropout; 'mean' = the pair's "
+            "--pool absorber --dropout 0.2 --min-spectra 40`); the next column: the same with the paper's mean "
+            "pooling over absorber + first shell, no dropout (`make pretrained-forward` ships the one that wins on "
+            "validation, below); 'mean' = the pair's "
             "training-mean spectrum; 'xastruct' = the paper's head per element; gcn/gat/mpnn = GNN baselines; mlp = "
             "plain-MLP head ablation.",
             "",
@@ -310,8 +311,9 @@ def write_table(datasets, archs, done, args, uni, summary, seconds) -> None:
         lines += [f"| none: each pair's training-mean MNND / majority CN | {t['mnnd_mae']:.3f} | {t['cn_accuracy']:.3f} |"]
     cell_s = sum(r["seconds"] for (p, a), r in done.items() if a not in spec_k["rows"]) + sum(
         {a: r["seconds"] for (p, a), r in done.items() if a in spec_k["rows"]}.values())
+    ns = [r["test_n"] for (p, a), r in done.items() if a in archs and r.get("test_n")]
     lines += ["", f"Wall time of this invocation {seconds / 60:.1f} min; training time recorded in the cells "
-              f"{cell_s / 60:.1f} min. Test sets per pair are small (3-17 EXAFS, 3-6 XANES "
+              f"{cell_s / 60:.1f} min. Test sets per pair are small ({min(ns)}-{max(ns)} "
               "spectra), so single cells are noisy; the summary rows are the readable part."]
     (RESULTS / f"{spec_k['out']}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-14:]))
