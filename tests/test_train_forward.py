@@ -258,6 +258,13 @@ def test_all_trains_every_combination_above_the_minimum(tiny, trained):
     assert r.exit_code == 1 and "no element/edge/kind" in r.output
     r = run(["train", "forward", "--all", "--arch", "mean", "--min-spectra", 10, "--min-materials", 5, *tiny["common"]])
     assert "registered forward/Cu/K/XANES/mean/" in r.output
+    # a typed --kind / --edge narrows --all (the defaults do not: plain --all above found the XANES)
+    r = run(["train", "forward", "--all", "--kind", "EXAFS", "--arch", "mean", "--min-spectra", 10, "--min-materials", 5,
+             *tiny["common"]], ok=False)  # fmt: skip
+    assert r.exit_code == 1 and "kind EXAFS" in r.output
+    r = run(["train", "forward", "--all", "--kind", "XANES", "--edge", "K", "--arch", "mean", "--min-spectra", 10,
+             "--min-materials", 5, *tiny["common"]])  # fmt: skip
+    assert "registered forward/Cu/K/XANES/mean/" in r.output
 
 
 # --------------------------------------------------------------------------------- pure helpers
@@ -443,10 +450,3 @@ def test_checkpoint_key_ignores_settings_the_arch_does_not_read(tmp_path):
     assert path(arch="mpnn", max_minutes=1.0, num_threads=1, epochs=3) == path(arch="mpnn", epochs=400)
     assert path(arch="mpnn") != path(arch="gat") != path(arch="mpnn", lr=1e-3)
     assert path(arch="paths", path_focus=True) != path(arch="paths", path_focus=False)
-    # a typed --kind / --edge narrows --all (the defaults do not: plain --all above found the XANES)
-    r = run(["train", "forward", "--all", "--kind", "EXAFS", "--arch", "mean", "--min-spectra", 10, "--min-materials", 5,
-             *tiny["common"]], ok=False)  # fmt: skip
-    assert r.exit_code == 1 and "kind EXAFS" in r.output
-    r = run(["train", "forward", "--all", "--kind", "XANES", "--edge", "K", "--arch", "mean", "--min-spectra", 10,
-             "--min-materials", 5, *tiny["common"]])  # fmt: skip
-    assert "registered forward/Cu/K/XANES/mean/" in r.output
