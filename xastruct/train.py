@@ -1274,12 +1274,13 @@ def pooled_pairs(entry: registry.ModelEntry, structure: Any, sites: Sequence[int
     """Each site's "El:edge" for a pooled model over several absorbers (None for a per-element one)."""
     if entry.element is not None:
         return None
-    edge = edge or "K"
-    out = []
-    for i in sites:
-        el = max(structure[i].species.items(), key=lambda kv: kv[1])[0]
-        out.append(f"{getattr(el, 'element', el).symbol}:{edge}")  # Species (oxidation state) -> Element
-    return out
+    return [f"{site_element(structure, i)}:{edge or 'K'}" for i in sites]
+
+
+def site_element(structure: Any, i: int) -> str:
+    """Symbol of the majority species on site *i* (a Species with an oxidation state -> its Element)."""
+    el = max(structure[i].species.items(), key=lambda kv: kv[1])[0]
+    return getattr(el, "element", el).symbol
 
 
 def serves(entry: registry.ModelEntry, element: str, edge: str) -> bool:
@@ -1295,14 +1296,15 @@ def path_inputs(entry: registry.ModelEntry, sites: Sequence[tuple[Any, int]], *,
     """:meth:`PathEXAFS.collate` inputs of (structure, site index) pairs; refuses absorbers/edges the
     model never saw (its element embedding for them would be untrained). A model with CHGNet atom
     features gets them from *atom_feas* (one array per pair) or computes them here."""
+    from pymatgen.core import Element
+
     from .models import PathEXAFS
 
     member = entry.members[0]
     edge = edge or entry.edge or "K"
     za, nbrs = [], []
     for structure, i in sites:
-        el = max(structure[i].species.items(), key=lambda kv: kv[1])[0]
-        el = getattr(el, "element", el)  # Species (with oxidation state) -> Element
+        el = Element(site_element(structure, i))
         if not serves(entry, el.symbol, edge):
             raise InputError(f"site {i} ({el.symbol} {edge})", f"model {entry.name} was not trained on this absorber/edge",
                              "`xastruct models` lists what each model covers")  # fmt: skip
