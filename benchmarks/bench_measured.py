@@ -356,6 +356,30 @@ def withheld(url: str, path: Path, element: str, drop: str) -> dict | None:
     return inverse.predict_spectra(store.get_engine(url), replace(inp, **{drop: None}), device="cpu")
 
 
+def library_twins(url: str, structs: dict) -> dict[str, str | None]:
+    """Compound key -> source_id of a store structure with spectra that StructureMatcher calls the
+    same crystal (after volume scaling: CHGNet-relaxed cells differ by a few %), else None. A measured
+    compound whose structure type the default dataset simulated is an easier case than one it never
+    saw (the models were trained on the simulated twin, whichever split it fell in)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from xastruct import store
+
+    formulas = {k: s.composition.reduced_formula for k, s in structs.items()}
+    with store.get_engine(url).connect() as c:
+        rows = c.exec_driver_sql(
+            "SELECT source_id, formula, structure_json FROM structures WHERE id IN "
+            "(SELECT structure_id FROM spectra WHERE structure_id IS NOT NULL)").all()
+    store.dispose_engines()
+    sm = StructureMatcher()
+    out = {}
+    for k, s in structs.items():
+        out[k] = next((sid for sid, f, js in rows if f == formulas[k]
+                       and sm.fit(s, Structure.from_dict(json.loads(js)))), None)
+    return out
+
+
 # ------------------------------------------------------------------------------------ report
 
 
@@ -467,14 +491,18 @@ def report(rows: list[dict], info: dict) -> str:
     L += [f"Models used ({src}; trained here because missing: {'; '.join(info['trained_here']) or 'none'}):", ""]
     L += [f"- `{name}` (features {kind}, target {tgt or '?'}, {'shipped' if sh else 'trained in the scratch store'})"
           for name, kind, tgt, sh in models] + [""]  # fmt: skip
-    L += ["| compound | file | T | element/edge | input -> model | true CN | pred CN +- sigma (p) | true MNND (A) "
-          "| pred MNND +- sigma (A) | true / pred neighbour (p) | models |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    L += ["Column *in dataset*: the default dataset holds a simulated crystal StructureMatcher calls the same "
+          "as the compound (its id), i.e. the models were trained on (or validated/tested with) a FEFF "
+          "spectrum of that structure; the summary also splits by it.", ""]
+    L += ["| compound | file | T | element/edge | in dataset | input -> model | true CN | pred CN +- sigma (p) "
+          "| true MNND (A) | pred MNND +- sigma (A) | true / pred neighbour (p) | models |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         t, p = r["truth"], r.get("pred") or {}
         cn_t = f"{t['cn']}" + (f" ({t['cn_mean']:.2f})" if abs(t["cn_mean"] - t["cn"]) > 1e-6 else "")
         if not p:
-            L.append(f"| {r['compound']} | {r['file']} | {r['T']} | {r['element']} K | {r.get('input') or '-'} | {cn_t} "
+            L.append(f"| {r['compound']} | {r['file']} | {r['T']} | {r['element']} K | {r['twin'] or 'no'} "
+                     f"| {r.get('input') or '-'} | {cn_t} "
                      f"| - | {t['mnnd']:.3f} | - | {t['neighbor']} / - | {r.get('why') or 'no prediction'} |")  # fmt: skip
             continue
         cn, mn, nb = p.get("cn"), p.get("mnnd"), p.get("neighbor")
@@ -491,7 +519,8 @@ def report(rows: list[dict], info: dict) -> str:
                                           x["model_kind"] else "") for x in p.values()})  # fmt: skip
         inp = f"{next(iter(p.values()))['kind']} -> {'/'.join(kinds)}"
         mods = ", ".join(f"`{x['model']}`" for x in (cn, mn, nb) if x)
-        L.append(f"| {r['compound']} | {r['file']} | {r['T']} | {r['element']} K | {inp} | {cn_t} | {cn_s} "
+        L.append(f"| {r['compound']} | {r['file']} | {r['T']} | {r['element']} K | {r['twin'] or 'no'} | {inp} "
+                 f"| {cn_t} | {cn_s} "
                  f"| {t['mnnd']:.3f} | {mn_s} | {t['neighbor']} / {nb_s} | {mods} |")  # fmt: skip
     L += ["", "(MNND is bold when the truth lies outside pred +- 2 sigma.)", "",
           "Truth per compound (orbits as multiplicity x CN@MNND dominant neighbour):", ""]
@@ -508,6 +537,10 @@ def report(rows: list[dict], info: dict) -> str:
           f"neighbour, mean MNND): {fmt_summary(s_comp)}",
           f"- trivial baseline on the same files (per element: majority CN, majority neighbour, mean MNND of the "
           f"store's simulated sites): {fmt_summary(s_base)}"]  # fmt: skip
+    for twin in (True, False):
+        sub = [r for r in rows if r.get("pred") and bool(r["twin"]) == twin]
+        L.append(f"- compounds {'with' if twin else 'without'} a simulated twin in the default dataset "
+                 f"({len(sub)} files): {fmt_summary(summarize(sub))}")
     for kind in sorted({r["input"] for r in rows if r.get("pred")}):
         sub = [r for r in rows if r.get("pred") and r["input"] == kind]
         L.append(f"- {kind} input ({len(sub)} files): {fmt_summary(summarize(sub))}")
@@ -632,6 +665,7 @@ def main() -> None:
     ids = spectrum_ids(url, paths)
     preds = screened(url, ids)
     info["baseline"] = baseline(url)
+    twins = library_twins(url, {comp: structs[comp] for _, comp in files.values()})
 
     from xastruct import inverse
     from xastruct.errors import InputError
@@ -640,7 +674,8 @@ def main() -> None:
     for rel, (el, comp) in files.items():
         path = XASLIB / rel
         r = {"file": rel.split("/", 1)[1], "rel": rel, "compound": comp, "truth_key": comp, "element": el,
-             "T": xdi_temperature(path), "truth": truths[(comp, el)], "pred": preds.get(rel)}  # fmt: skip
+             "T": xdi_temperature(path), "truth": truths[(comp, el)], "pred": preds.get(rel),
+             "twin": twins.get(comp)}  # fmt: skip
         if r["pred"]:
             r["input"] = next(iter(r["pred"].values()))["kind"]
         if not r["pred"]:

@@ -72,11 +72,19 @@ def test_dataset_status_counts_done_and_remaining(source_store, monkeypatch):
     """`xastruct dataset status`: per recipe step, the target (sites capped by the limit), spectra done
     and what is left; elements short of their target are listed."""
     monkeypatch.setattr(dataset, "RECIPE", [{"kind": "EXAFS", "edge": "K", "elements": "all", "min_z": 3},
-                                            {"kind": "XANES", "edge": "K", "elements": ["Ni", "Cu"], "limit": 1}])
+                                            {"kind": "XANES", "edge": "K", "elements": ["Ni", "Cu"], "limit": 1},
+                                            {"kind": "EXAFS", "edge": "K", "elements": ["Ni", "Cu"],
+                                             "dominant_neighbor": ["O"]},
+                                            {"kind": "EXAFS", "edge": "K", "elements": ["Ni", "Cu"],
+                                             "where": "structures.source_id = 'Cu'", "label": "of Cu"}])
     rows = {(r["step"], r["element"]): r for r in dataset.recipe_status(store.get_engine(source_store))}
     assert {k: (r["sites"], r["target"], r["done"]) for k, r in rows.items()} == {
         (1, "O"): (1, 1, 1), (1, "Ni"): (1, 1, 1), (1, "Cu"): (1, 1, 1),
-        (2, "Ni"): (1, 1, 0), (2, "Cu"): (1, 1, 0)}
+        (2, "Ni"): (1, 1, 0), (2, "Cu"): (1, 1, 0),
+        # an O-coordinated-only step: Cu metal has no such site, NiO's Ni has one and it is done
+        (3, "Ni"): (1, 1, 1), (3, "Cu"): (0, 0, 0),
+        # a step filtered by structure (SQL): only the Cu structure's site
+        (4, "Ni"): (0, 0, 0), (4, "Cu"): (1, 1, 1)}
     store.dispose_engines()
     res = CliRunner().invoke(main, ["dataset", "status", "--db", source_store])
     assert res.exit_code == 0, res.output

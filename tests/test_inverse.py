@@ -408,6 +408,28 @@ def test_predict_structure_wrong_element_and_no_model(trained):
     assert r.exit_code == 1 and "no inverse model registered for Fe" in r.output
 
 
+def test_models_of_an_older_feature_grid_are_passed_over():
+    """A registered model whose stored XANES grid differs from this version's (e.g. the older +65 eV
+    end) would read vectors of the wrong length: find_model skips it."""
+    from types import SimpleNamespace
+
+    assert inv.grid_current(inv.grid_spec()) and inv.grid_current(None)
+    assert inv.XANES_GRID[-1] == 55.0  # within the forward XANES models' reach (closed loop)
+    old = json.loads(json.dumps(inv.grid_spec()))
+    old["xanes"]["stop"] = 65.0
+    assert not inv.grid_current(old)
+
+    def entry(i, grid):
+        return SimpleNamespace(id=i, task="mnnd", kind="XANES", arch="sgmlp_relu", element=None, edge=None,
+                               config={"elements": ["Fe"], "edges": ["K"]}, grid=grid)
+
+    pick = inv.find_model(None, "mnnd", "Fe", "K", have_xanes=True, have_exafs=False, measured=True,
+                          entries=[entry(2, old), entry(1, inv.grid_spec())])
+    assert pick.id == 1
+    assert inv.find_model(None, "mnnd", "Fe", "K", have_xanes=True, have_exafs=False, measured=True,
+                          entries=[entry(2, old)]) is None
+
+
 # ---------------------------------------------------------------------------------- real sites
 @needs_shared(CU_FEFF9)
 def test_real_cu_feff9_sites_train_cn_and_mnnd(tmp_path):

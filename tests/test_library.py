@@ -258,3 +258,42 @@ def test_relaxed_build_uses_cache(tmp_path):
     second = lib.build_library(max_structures=3, relax=True, relax_steps=20, cache_path=cache)
     assert [e["structure"] for e in second] == [e["structure"] for e in first]
     assert time.time() - t0 < cold  # served from the cache, no relaxation
+
+
+# ---------------------------------------------------------------- reference-compound supplement
+
+
+def test_supplement_is_shipped_and_covers_every_3d_metal(shipped):
+    """Each SUPPLEMENT row decorates its host with each listed absorber; the shipped library holds them
+    all (by name), appended after the greedy selection, so every 3d metal has its metal / oxide /
+    sulfide reference compounds for the XANES recipe step."""
+    from pymatgen.core import Structure
+
+    cands = lib.supplement_candidates()
+    assert len(cands) == sum(len(row[3]) for row in lib.SUPPLEMENT)
+    names = {e["name"] for e in shipped}
+    protos = lib.load_prototypes()
+    for host, c in cands:
+        p = protos[c.proto]
+        formula = Structure(p.structure.lattice, [c.elements[g] for g in p.site_group],
+                            p.structure.frac_coords).composition.reduced_formula
+        assert f"aflow:{p.pid}:{formula}" in names, host
+    sup = [i for i, e in enumerate(shipped) if e["provenance"].get("supplement")]
+    assert sup == list(range(len(shipped) - len(sup), len(shipped)))
+    by_el: dict = {}
+    for e in (shipped[i] for i in sup):
+        s = Structure.from_dict(e["structure"])
+        for el in ("Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn"):
+            if el in s.composition.chemical_system.split("-"):
+                by_el.setdefault(el, set()).add(s.composition.reduced_formula)
+    assert all(len(by_el.get(el, ())) >= 3 for el in ("Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")), by_el
+    for el, formulas in {"Cu": {"Cu", "Cu2O", "CuO", "CuS"}, "Fe": {"Fe", "FeO", "Fe2O3", "FeS2"},
+                         "Zn": {"Zn", "ZnO", "ZnS"}, "Ni": {"Ni", "NiO", "NiS"}}.items():
+        assert formulas <= by_el[el], el
+
+
+def test_build_supplement_is_idempotent():
+    unrelaxed = lib.build_supplement([], relax=False)
+    assert len(unrelaxed) >= 60
+    assert all(e["provenance"]["supplement"].startswith("3d reference compounds: ") for e in unrelaxed)
+    assert lib.build_supplement(unrelaxed, relax=False) == []

@@ -167,6 +167,29 @@ def test_limit_keeps_computed_sites_then_samples_stably(tmp_path):
     store.dispose_engines()
 
 
+def test_dominant_neighbor_restricts_sites(tmp_path):
+    """--dominant-neighbor O plans only the sites whose dominant neighbour is O (oxide sites): NiO's
+    and ZnO's metal sites, not Cu metal's; combined with --limit the cap counts only those sites."""
+    from xastruct import simulate as sim
+
+    url = f"duckdb:///{tmp_path / 's.duckdb'}"
+    _structures(tmp_path / "cifs")
+    res = CliRunner().invoke(main, ["ingest", "structures", str(tmp_path / "cifs"), "--db", url])
+    assert res.exit_code == 0, res.output
+    eng = store.get_engine(url)
+    info = sim.plan(eng, elements=["Ni", "Cu", "Zn", "O"], kind="EXAFS", dominant=["O"])
+    todo = sim.pending_jobs(eng, elements=["Ni", "Cu", "Zn", "O"], edge="K", kind="EXAFS", code="feff8l",
+                            keys=info["keys"])
+    assert sorted(j["absorber"] for j in todo) == ["Ni", "Zn"]
+    store.dispose_engines()
+    # the CLI runs exactly those (Ni, Zn); a rerun runs nothing
+    for _ in range(2):
+        res = CliRunner().invoke(main, ["simulate", "--elements", "Ni,Cu,Zn", "--kind", "EXAFS", "--workers", "1",
+                                        "--dominant-neighbor", "O", "--db", url])
+        assert res.exit_code == 0, res.output
+    assert _rows(url, "SELECT absorber FROM spectra ORDER BY absorber") == [("Ni",), ("Zn",)]
+
+
 def test_interleave_round_robins_absorbers_keeping_order():
     from xastruct.simulate import interleave
 

@@ -35,6 +35,11 @@ RECIPE: list[dict] = [
     # limit = sites per element: those already computed, then a stable random sample (simulate._limited);
     # 40 gives the 3d metals enough XANES for per-element and XANES-only models (4 were too few)
     {"kind": "XANES", "edge": "K", "elements": _3D, "limit": 40},
+    # most measured XAS is of metals, oxides and sulfides: XANES of every 3d site of the library's
+    # reference compounds (library.SUPPLEMENT). "where" filters structures (SQL), "dominant_neighbor"
+    # sites (e.g. ["O"]); both are optional
+    {"kind": "XANES", "edge": "K", "elements": _3D, "label": "of reference compounds",
+     "where": "structures.provenance->>'supplement' IS NOT NULL"},
     {"kind": "XANES", "edge": "K", "elements": _MAIN_K, "limit": 2},
     {"kind": "XANES", "edge": "L3", "elements": _HEAVY_L3, "limit": 1},
 ]
@@ -68,23 +73,30 @@ def recipe_status(engine: sa.Engine) -> list[dict]:
             code = CODES[kind][0]
             els = recipe_elements(engine, step)
             rep = sa.or_(sites_t.c.equivalent_to.is_(None), sites_t.c.equivalent_to == sites_t.c.site_index)
-            n_sites = dict(conn.execute(sa.select(sites_t.c.element, sa.func.count()).where(
-                sites_t.c.element.in_(els), rep).group_by(sites_t.c.element)).all())
+            dom = sites_t.c.dominant_neighbor.in_(step["dominant_neighbor"]) if step.get("dominant_neighbor") else sa.true()
+            where = sa.text(step["where"]) if step.get("where") else sa.true()
+            st = sites_t.join(structures_t, structures_t.c.id == sites_t.c.structure_id)
+            n_sites = dict(conn.execute(sa.select(sites_t.c.element, sa.func.count()).select_from(st).where(
+                sites_t.c.element.in_(els), rep, dom, where).group_by(sites_t.c.element)).all())
             done = dict(conn.execute(sa.select(spectra_t.c.absorber, sa.func.count(sa.distinct(spectra_t.c.site_id)))
+                                     .select_from(spectra_t.join(st, sites_t.c.id == spectra_t.c.site_id))
                                      .where(spectra_t.c.absorber.in_(els), spectra_t.c.edge == edge,
-                                            spectra_t.c.kind == kind, spectra_t.c.source == code,
-                                            spectra_t.c.site_id.is_not(None))
+                                            spectra_t.c.kind == kind, spectra_t.c.source == code, dom, where)
                                      .group_by(spectra_t.c.absorber)).all())
-            failed = dict(conn.execute(sa.select(jobs_t.c.absorber, sa.func.count()).where(
+            failed = dict(conn.execute(sa.select(jobs_t.c.absorber, sa.func.count()).select_from(jobs_t.join(
+                st, sa.and_(sites_t.c.structure_id == jobs_t.c.structure_id,
+                            sites_t.c.site_index == jobs_t.c.site_index))).where(
                 jobs_t.c.absorber.in_(els), jobs_t.c.edge == edge, jobs_t.c.kind == kind, jobs_t.c.code == code,
-                jobs_t.c.status == "failed").group_by(jobs_t.c.absorber)).all())
+                jobs_t.c.status == "failed", dom, where).group_by(jobs_t.c.absorber)).all())
             secs = [float(x) for x in conn.execute(sa.text(
                 "SELECT provenance->>'seconds' FROM spectra WHERE kind = :k AND edge = :e AND source = :c"),
                 {"k": kind, "e": edge, "c": code}).scalars() if x is not None]
             med = float(np.median(secs)) if secs else None
             for el in els:
                 target = min(n_sites.get(el, 0), step.get("limit") or 10**9)
-                out.append(dict(step=n, kind=kind, edge=edge, code=code, element=el, sites=n_sites.get(el, 0),
+                out.append(dict(step=n, kind=kind, edge=edge, code=code, element=el,
+                                dominant_neighbor=",".join(step.get("dominant_neighbor") or []),
+                                label=step.get("label") or "", sites=n_sites.get(el, 0),
                                 target=target, done=done.get(el, 0), failed=failed.get(el, 0), median_seconds=med))
     return out
 

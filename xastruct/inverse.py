@@ -2,7 +2,10 @@
 dominant neighbour type, trained on the store's simulated spectra and applied to measured files.
 
 Features (one fixed vector per site; grids recorded with every registered model)
-    XANES  edge-step-normalized mu on E - E0 = -5 ... +65 eV, 0.5 eV steps (:data:`XANES_GRID`).
+    XANES  edge-step-normalized mu on E - E0 = -5 ... +55 eV, 0.5 eV steps (:data:`XANES_GRID`).
+           +55 eV, not further: the forward models' XANES grid ends 66.5 eV above FEFF's Fermi
+           level, which lies up to ~11 eV below the half-step point, so predicted spectra reach
+           +55 eV and can be read back (closed loop); shorter measured scans qualify too.
            E0 is the *half-step point*: the first energy where the normalized mu crosses 0.5 and
            stays above it for :data:`HOLD_EV` (so narrow pre-edge peaks never count). The same rule
            is applied to simulated and measured spectra, so a measured file is aligned onto the
@@ -124,7 +127,7 @@ DEFAULT_ARCH = {"cn": "rf", "neighbor": "sgmlp", "mnnd": "sgmlp_relu"}
 KIND_OF = {"both": "XANES+EXAFS", "xanes": "XANES", "exafs": "EXAFS"}
 VARIANT_OF = {v: k for k, v in KIND_OF.items()}
 
-XANES_GRID = np.round(np.arange(-5.0, 65.0 + 1e-9, 0.5), 6)  # E - E0, eV
+XANES_GRID = np.round(np.arange(-5.0, 55.0 + 1e-9, 0.5), 6)  # E - E0, eV
 EXAFS_GRID = np.round(np.arange(2.0, 12.0 + 1e-9, 0.05), 6)  # k, 1/A
 EXAFS_KWEIGHT = 2
 R_GRID = np.round(np.arange(0.5, 6.0 + 1e-9, 0.05), 6)  # R, A (|chi(R)| part of the EXAFS input)
@@ -154,6 +157,15 @@ def grid_spec() -> dict:
                     "transform": "|FT| of k^2 chi(k) over the exafs k grid, Hanning window",
                     "used_when": "config.input_norm.exafs_repr == 'k+R'"},
     }
+
+
+def grid_current(grid: dict | None) -> bool:
+    """Whether a registered model reads the feature grids this version builds (a model trained on an
+    older grid, e.g. XANES to +65 eV, would get vectors of the wrong length: it is passed over)."""
+    if not grid:
+        return True
+    now = grid_spec()
+    return all(grid.get(k, {}).get(f) == now[k][f] for k in ("xanes", "exafs") for f in ("start", "stop", "step"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1514,7 +1526,7 @@ def find_model(engine: sa.Engine, task: str, element: str, edge: str, *, have_xa
     for e in (registry.list_models(engine, task=task) if entries is None else [e for e in entries if e.task == task]):
         cfg = e.config or {}
         variant = VARIANT_OF.get(e.kind or "")
-        if variant not in variants or (arch and e.arch != arch):
+        if variant not in variants or (arch and e.arch != arch) or not grid_current(e.grid):
             continue
         # the input's kinds must include one the model was trained on (an EXAFS-trained "both"
         # model would read a XANES-only scan through weights that never saw XANES)
@@ -1546,9 +1558,15 @@ def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None 
         entry = find_model(engine, task, inp.element, inp.edge, have_xanes=have_x, have_exafs=have_e,
                            measured=inp.measured)
         if entry is None:
+            from . import registry
+
+            stale = any(not grid_current(e.grid) for e in registry.list_models(engine, task=task))
             out[task] = {"error": f"no {task} model registered for {inp.element} {inp.edge} with "
                                   f"{'XANES' if have_x else ''}{'+' if have_x and have_e else ''}"
-                                  f"{'EXAFS' if have_e else ''} input"}
+                                  f"{'EXAFS' if have_e else ''} input"
+                                  + (" (the store holds models built on an older feature grid: retrain them with "
+                                     "`xastruct train inverse` or load the shipped ones with `xastruct ingest "
+                                     "builtin`)" if stale else "")}
             continue
         members = [load_member(d, device=device) for d in entry.member_dirs()]
         if not members:

@@ -986,6 +986,96 @@ def _compact(d: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
+# reference-compound supplement
+# --------------------------------------------------------------------------------------------------
+# The greedy selection balances neighbour elements and favours new environments, so the 3d metals end
+# up with only 1-4 oxide sites each and no elemental metal or simple sulfide at all, while most XAS
+# measured in practice is of exactly those (foils, oxides, sulfides). The supplement adds the textbook
+# reference compounds of each 3d metal. Rows: (name, prototype id, the prototype's site-group element
+# -> (new element, charge used for the lattice rescaling; None = the prototype's), absorbers "M").
+SUPPLEMENT: tuple[tuple[str, str, dict, tuple[str, ...]], ...] = (
+    ("fcc metal", "A_cF4_225_a", {"Cu": ("M", 0)}, ("Ni", "Cu")),
+    ("bcc metal", "A_cI2_229_a", {"W": ("M", 0)}, ("V", "Cr", "Fe")),
+    ("hcp metal", "A_hP2_194_c", {"Mg": ("M", 0)}, ("Sc", "Ti", "Co", "Zn")),
+    ("rocksalt MO", "AB_cF8_225_a_b", {"Na": ("M", 2), "Cl": ("O", -2)}, ("Ti", "V", "Mn", "Fe", "Co", "Ni")),
+    ("wurtzite MO", "AB_hP4_186_b_b", {"Zn": ("M", 2), "S": ("O", -2)}, ("Zn",)),
+    ("corundum M2O3", "A2B3_hR10_167_c_e", {"Al": ("M", 3), "O": ("O", -2)}, ("Sc", "Ti", "V", "Cr", "Mn", "Fe")),
+    ("rutile MO2", "A2B_tP6_136_f_a", {"Ti": ("M", 4), "O": ("O", -2)}, ("Ti", "V", "Cr", "Mn")),
+    ("spinel MgM2O4 (octahedral M3+)", "A2BC4_cF56_227_d_a_e", {"Al": ("M", 3), "Mg": ("Mg", 2), "O": ("O", -2)},
+     ("Sc", "V", "Cr", "Mn", "Fe", "Co")),
+    ("spinel MAl2O4 (tetrahedral M2+)", "A2BC4_cF56_227_d_a_e", {"Al": ("Al", 3), "Mg": ("M", 2), "O": ("O", -2)},
+     ("Mn", "Fe", "Co", "Ni", "Cu", "Zn")),
+    ("perovskite SrMO3", "AB3C_cP5_221_a_c_b", {"Ca": ("Sr", 2), "Ti": ("M", 4), "O": ("O", -2)},
+     ("Ti", "V", "Cr", "Mn", "Fe", "Co")),
+    ("perovskite LaMO3", "AB3C_cP5_221_a_c_b", {"Ca": ("La", 3), "Ti": ("M", 3), "O": ("O", -2)},
+     ("Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni")),
+    ("ilmenite MTiO3", "AB3C_hR10_148_c_f_c", {"Fe": ("M", 2), "Ti": ("Ti", 4), "O": ("O", -2)},
+     ("Mn", "Fe", "Co", "Ni", "Zn")),
+    ("cuprite M2O", "A2B_cP6_224_b_a", {"Cu": ("M", 1), "O": ("O", -2)}, ("Cu",)),
+    ("tenorite MO", "AB_mC8_15_c_e", {"Cu": ("M", 2), "O": ("O", -2)}, ("Cu",)),
+    ("rocksalt MS", "AB_cF8_225_a_b", {"Na": ("M", 2), "Cl": ("S", -2)}, ("Mn",)),
+    ("zincblende MS", "AB_cF8_216_c_a", {"Zn": ("M", 2), "S": ("S", -2)}, ("Zn",)),
+    ("wurtzite MS", "AB_hP4_186_b_b", {"Zn": ("M", 2), "S": ("S", -2)}, ("Zn",)),
+    # no FeS, MnS2: CHGNet (run without magnetic moments) collapses high-spin Fe2+/Mn2+ sulfides by
+    # 16-17 % in volume (M-S 0.15-0.3 A too short)
+    ("NiAs-type MS", "AB_hP4_194_c_a", {"Ni": ("M", 2), "As": ("S", -2)}, ("V", "Cr", "Co", "Ni")),
+    ("pyrite MS2", "AB2_cP12_205_a_c", {"Fe": ("M", None), "S": ("S", None)}, ("Fe", "Co", "Ni")),
+    ("covellite CuS", "AB_hP12_194_df_ce", {"Cu": ("M", None), "S": ("S", None)}, ("Cu",)),
+)  # fmt: skip
+
+
+def supplement_candidates() -> list[tuple[str, _Candidate]]:
+    """(host name, decoration) of every SUPPLEMENT row and absorber, in table order."""
+    protos = load_prototypes()
+    index = {p.pid: i for i, p in enumerate(protos)}
+    out = []
+    for host, pid, assign, absorbers in SUPPLEMENT:
+        if pid not in index:
+            raise InputError(f"SUPPLEMENT {host!r}", f"prototype {pid} is not in this pymatgen",
+                             "install the pymatgen version in pyproject.toml")  # fmt: skip
+        pi = index[pid]
+        p = protos[pi]
+        for m in absorbers:
+            elements = tuple(m if assign[el][0] == "M" else assign[el][0] for el in p.group_el)
+            charges = tuple(q if assign[el][1] is None else assign[el][1] for el, q in zip(p.group_el, p.group_q))
+            sites = []
+            for g, cn, nbs in p.ineq:
+                counts = Counter(elements[j] for j in nbs)
+                sites.append((elements[g], cn, tuple(sorted(counts.items())), _dominant(counts)))
+            out.append((host, _Candidate(pi, elements, charges, 6.0, sites)))
+    return out
+
+
+def build_supplement(
+    existing: list[dict[str, Any]] | None = None,
+    *,
+    relax: bool = True,
+    relax_steps: int = 60,
+    fmax: float = 0.1,
+    cache_path: str | os.PathLike | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Entries of the reference-compound supplement that `existing` lacks (by name): decorated, rescaled and
+    CHGNet-relaxed like the greedy library, rejected by the same checks. Idempotent."""
+    protos = load_prototypes()
+    names = {e["name"] for e in existing or []}
+    relaxer = _Relaxer(relax_steps, fmax) if relax else None
+    cache, versions = _Cache(cache_path), _versions()
+    todo = supplement_candidates()
+    out = []
+    for n, (host, c) in enumerate(todo, 1):
+        p = protos[c.proto]
+        entry = _build_one(p, c, relaxer, cache, versions, 0)
+        if entry is not None and entry["name"] not in names:
+            entry["provenance"]["supplement"] = f"3d reference compounds: {host}"
+            names.add(entry["name"])
+            out.append(entry)
+        if progress is not None:
+            progress(n, len(todo), entry["name"] if entry else f"rejected {host} {c.elements}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # persistence and coverage
 # --------------------------------------------------------------------------------------------------
 def save_library(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -1096,6 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-relax", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (leave cores for others)")
+    ap.add_argument("--supplement-only", action="store_true",
+                    help="append the missing SUPPLEMENT entries to the library at --out, keep the rest")
     args = ap.parse_args(argv)
     import torch
 
@@ -1105,9 +1197,15 @@ def main(argv: list[str] | None = None) -> int:
     def report(done, total, name):
         print(f"[{time.time() - t0:7.0f}s] {done:5d}/{total} {name}", flush=True)
 
-    entries = build_library(max_structures=args.max_structures, relax=not args.no_relax, seed=args.seed,
-                            progress=report, max_sites=args.max_sites, relax_steps=args.relax_steps,
-                            cache_path=args.cache)  # fmt: skip
+    if args.supplement_only:
+        entries = load_library(args.out)
+    else:
+        entries = build_library(max_structures=args.max_structures, relax=not args.no_relax, seed=args.seed,
+                                progress=report, max_sites=args.max_sites, relax_steps=args.relax_steps,
+                                cache_path=args.cache)  # fmt: skip
+    # the reference-compound supplement comes after the greedy selection and outside its budgets
+    entries = entries + build_supplement(entries, relax=not args.no_relax, relax_steps=args.relax_steps,
+                                         cache_path=args.cache, progress=report)
     out = save_library(entries, args.out)
     cov = library_coverage(entries)
     print(json.dumps({k: v for k, v in cov.items() if k != "per_element"}, indent=1))

@@ -67,8 +67,10 @@ def plan(
     radius: float | None = None,
     limit: int | None = None,
     where: str | None = None,
+    dominant: Sequence[str] | None = None,
 ) -> dict:
-    """Create pending jobs for every inequivalent site of `elements` (idempotent)."""
+    """Create pending jobs for every inequivalent site of `elements` (idempotent); *dominant* keeps
+    only sites whose dominant neighbour element is one of these (e.g. ["O"]: oxide sites)."""
     from .feff import resolve_params
 
     kind = kind.upper()
@@ -95,6 +97,8 @@ def plan(
         )
         if where:
             q = q.where(sa.text(where))
+        if dominant:
+            q = q.where(sites_t.c.dominant_neighbor.in_(list(dominant)))
         with engine.connect() as conn:
             reps = [(sid, idx, h, job_key(h, idx, edge, kind, code, full)) for sid, idx, h in conn.execute(q)]
             if limit:
@@ -359,6 +363,7 @@ def simulate(
     timeout: float | None = None,
     retry_failed: bool = False,
     where: str | None = None,
+    dominant: Sequence[str] | None = None,
     scratch_root: str | None = None,
     progress_factory=None,
     on_flush: Callable[[dict], None] | None = None,
@@ -366,11 +371,12 @@ def simulate(
 ) -> dict:
     """Plan and run: the whole `xastruct simulate` command."""
     info = plan(engine, elements=elements, edge=edge, kind=kind, code=code, params=params, radius=radius,
-                limit=limit, where=where)
+                limit=limit, where=where, dominant=dominant)
     todo = interleave(pending_jobs(engine, elements=elements, edge=edge, kind=kind.upper(), code=info["code"],
                                    retry_failed=retry_failed, keys=info["keys"]))
     args = dict(elements=list(elements), edge=edge, kind=kind, code=info["code"], params=params, radius=radius,
-                workers=workers, scheduler=scheduler, limit=limit)
+                workers=workers, scheduler=scheduler, limit=limit,
+                **({"dominant": list(dominant)} if dominant else {}))
     with store.run_record(engine, "simulate", args) as summary:
         if progress_factory and todo:
             with progress_factory(len(todo), f"{info['code']} {kind} {edge}") as adv:

@@ -33,7 +33,8 @@ def build(steps: str | None, workers: int, scheduler: str | None, retry_failed: 
         els = ds.recipe_elements(eng, step)
         console.print(f"step {n}: {step['kind']} {step['edge']} for {len(els)} elements: {','.join(els)}")
         res = sim.simulate(eng, elements=els, edge=step["edge"], kind=step["kind"], limit=step.get("limit"),
-                           workers=workers, scheduler=scheduler, retry_failed=retry_failed,
+                           dominant=step.get("dominant_neighbor"), where=step.get("where"), workers=workers,
+                           scheduler=scheduler, retry_failed=retry_failed,
                            scratch_root=sim.scratch_default(), progress_factory=progress_bar,
                            on_flush=None if is_tty() else lambda t: console.print(f"committed: {t}", highlight=False))
         print_summary(f"step {n}: {res['code']} {step['kind']} {step['edge']}",
@@ -61,7 +62,9 @@ def status(all_elements: bool, db: str | None) -> None:
         rr = [r for r in rows if r["step"] == n]
         left = sum(max(r["target"] - r["done"] - r["failed"], 0) for r in rr)
         med = rr[0]["median_seconds"]
-        t.add_row(str(n), f"{rr[0]['kind']} {rr[0]['edge']} ({rr[0]['code']})", str(len(rr)),
+        t.add_row(str(n), f"{rr[0]['kind']} {rr[0]['edge']} ({rr[0]['code']})"
+                  + (f" {rr[0]['dominant_neighbor']}-coordinated" if rr[0]["dominant_neighbor"] else "")
+                  + (f" {rr[0]['label']}" if rr[0]["label"] else ""), str(len(rr)),
                   str(sum(r["target"] for r in rr)), str(sum(min(r["done"], r["target"]) for r in rr)),
                   str(sum(r["failed"] for r in rr)), str(left), "-" if med is None else f"{left * med / 3600:.1f}")
         short += [r for r in rr if all_elements or r["done"] + r["failed"] < r["target"]]

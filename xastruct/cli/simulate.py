@@ -25,19 +25,23 @@ from .common import console, db_option, is_tty, print_summary, progress_bar
                    "sample (a larger N later extends the same sample).")
 @click.option("--timeout", type=float, default=None, help="Seconds per FEFF job before it is killed.")
 @click.option("--retry-failed", is_flag=True, help="Run failed jobs again.")
-@click.option("--where", default=None, help="Extra SQL filter on structures/sites, e.g. \"structures.source = 'builtin'\".")
+@click.option("--where", default=None, help="Extra SQL filter on structures, e.g. \"structures.source = 'builtin'\".")
+@click.option("--dominant-neighbor", default=None,
+              help="Only sites whose dominant neighbour element is one of these, e.g. O or O,F (oxide/fluoride sites).")
 @click.option("--commit-every", type=click.IntRange(min=1), default=8, show_default=True,
               help="Finished jobs per transaction (also committed every 3 s); a kill loses at most these.")
 @db_option
 def simulate(elements, edge, kind, code, radius, params_json, workers, scheduler, limit, timeout, retry_failed,
-             where, commit_every, db) -> None:
+             where, dominant_neighbor, commit_every, db) -> None:
     """Compute EXAFS (feff8l) or XANES (FEFF10) for every inequivalent absorbing site of ELEMENTS."""
     eng = store.get_engine(db)
     params = json.loads(params_json) if params_json else None
     els = [e.strip() for e in elements.split(",") if e.strip()]
     res = sim.simulate(eng, elements=els, edge=edge, kind=kind.upper(), code=code, params=params, radius=radius,
                        workers=workers, scheduler=scheduler, limit=limit, timeout=timeout,
-                       retry_failed=retry_failed, where=where, scratch_root=sim.scratch_default(),
+                       retry_failed=retry_failed, where=where,
+                       dominant=[x.strip() for x in dominant_neighbor.split(",")] if dominant_neighbor else None,
+                       scratch_root=sim.scratch_default(),
                        progress_factory=progress_bar, flush_every=commit_every,
                        # logs (no terminal) get a line per committed batch: what is safely stored
                        on_flush=None if is_tty() else lambda t: console.print(f"committed: {t}", highlight=False))
