@@ -86,13 +86,15 @@ def default_store(db: str, *, models: bool = False):
     return eng
 
 
-def read_cells(path: Path, key: tuple[str, ...]) -> dict:
-    """Finished benchmark cells from a JSON-lines file, by the tuple of their *key* fields."""
+def read_cells(path: Path, key: tuple[str, ...], data: str | None = None) -> dict:
+    """Finished benchmark cells from a JSON-lines file, by the tuple of their *key* fields. With *data*
+    (a data fingerprint) only cells recorded on that data count: a cell of an older dataset is rerun."""
     done = {}
     if path.exists():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            done[tuple(r[k] for k in key)] = r
+            if data is None or r.get("data") == data:
+                done[tuple(r[k] for k in key)] = r
     return done
 
 

@@ -19,7 +19,8 @@ together: a crystal is on one side for every absorber in it), then trains on tha
     restricted to its pair's rows of the same split, and `paths` trained on that pair alone.
 Reports test MAE of k^2 chi(k) on k = 2-12 1/A per pair (mean +/- std over seeds), the mean over
 pairs and how many pairs beat the training-mean spectrum, and the universal model's score on every
-pair it covers. Resumable: finished cells are read back from results/forward_universal.jsonl.
+pair it covers. Resumable: finished cells of the same data (fingerprint) are read back from
+results/forward_universal.jsonl.
 Writes benchmarks/results/forward_universal.md.
 """
 
@@ -83,16 +84,19 @@ def main() -> None:
     args.archs = args.archs or spec_k["archs"]
     rows_u = spec_k["rows"]
     cache = RESULTS / f"{spec_k['out']}.jsonl"
-    done = read_cells(cache, ("pair", "arch"))
+    t_all = time.perf_counter()
+    uni = train.load_universal_data(eng, kind=args.kind, min_spectra=spec_k["min_spectra"],
+                                    min_materials=spec_k["min_materials"])
+    # cells of another dataset (e.g. before the store grew) are not read back: they are recomputed
+    data_fp = uni.fingerprint()
+    done = read_cells(cache, ("pair", "arch"), data=data_fp)
 
     def record(r):
+        r["data"] = data_fp
         done[(r["pair"], r["arch"])] = r
         with cache.open("a") as fh:
             fh.write(json.dumps(r) + "\n")
 
-    t_all = time.perf_counter()
-    uni = train.load_universal_data(eng, kind=args.kind, min_spectra=spec_k["min_spectra"],
-                                    min_materials=spec_k["min_materials"])
     split, summary = train.prepare_split(uni, seed=0, cache_dir=args.cache_dir)
     print(f"{uni.n} {args.kind} site spectra, {len(set(uni.pairs()))} (element, edge) pairs; split {summary['counts']}")
     for label, overrides in rows_u.items():
