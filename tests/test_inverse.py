@@ -530,11 +530,28 @@ def test_augment_exafs_perturbs_copies_like_a_measurement():
     assert not np.allclose(copies[0], copies[1])
     # the shell distance survives: |chi(R)| peaks where the original does (within the grid step)
     peak = lambda x: inv.R_GRID[np.argmax(inv.chir_magnitude(x), axis=1)]  # noqa: E731
-    assert np.abs(peak(copies.reshape(-1, len(k))) - np.tile(peak(t.exafs[1:]), 3)).max() <= 0.1
-    # the amplitude shrinks or grows within the S0^2 / sigma^2 ranges, never by more than 1.1x
+    # (an E0 offset of -15 eV moves an uncorrected |chi(R)| peak by up to ~0.1 A)
+    assert np.abs(peak(copies.reshape(-1, len(k))) - np.tile(peak(t.exafs[1:]), 3)).max() <= 0.1 + 1e-9
+    # the amplitude shrinks or grows within the S0^2 / sigma^2 ranges, never by more than 1.2x
     ratio = np.abs(copies).max(axis=2) / np.abs(t.exafs[1:]).max(axis=1)
     assert (ratio < 1.25).all() and (ratio > 0.3).all()
     assert inv.augment_exafs(t, 0, seed=1) is t
+
+
+def test_shell_damping_damps_far_shells_more_and_nothing_at_zero():
+    k = inv.EXAFS_GRID
+    near, far = np.sin(2 * k * 2.0), 0.5 * np.sin(2 * k * 3.6)
+    chi = np.stack([near + far])
+    zero = np.zeros((1, 1))
+    np.testing.assert_allclose(inv.shell_damping(chi, zero, zero), chi, atol=1e-12)  # bands partition the signal
+    damped = inv.shell_damping(chi, zero, np.full((1, 1), 0.004))
+    mag0, mag1 = inv.chir_magnitude(chi * k**2)[0], inv.chir_magnitude(damped * k**2)[0]
+    at = lambda r: int(np.argmin(np.abs(inv.R_GRID - r)))  # noqa: E731  (apparent R ~ r - 0.2: no phase shift here)
+    near_kept, far_kept = mag1[at(2.0)] / mag0[at(2.0)], mag1[at(3.6)] / mag0[at(3.6)]
+    assert 0.6 < near_kept <= 1.0 and far_kept < 0.6 * near_kept
+    # a uniform extra sigma^2 is the plain Debye-Waller factor
+    uni = inv.shell_damping(chi, np.full((1, 1), 0.003), zero)
+    np.testing.assert_allclose(uni, chi * np.exp(-2 * k**2 * 0.003), atol=1e-9)
 
 
 def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
@@ -551,6 +568,8 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     newest = max(registry.list_models(eng, task="mnnd"), key=lambda e: e.id)
     hp = newest.config["hyperparameters"]
     assert (hp["epochs"], hp["patience"], hp["mnnd_stop"], hp["mnnd_likelihood"]) == (7, 3, "mae", "laplace")
+    # measurement-like EXAFS copies are on by default for models with EXAFS input (DEFAULT_HP)
+    assert hp["augment"] == inv.DEFAULT_HP["augment"] == 2
     assert inv.load_member(newest.member_dirs()[0], device="cpu").likelihood == "laplace"
     assert newest.metrics["fits"][0]["epochs_run"] <= 7
     # the variance head was recalibrated on the val materials and the factor went into the saved model
@@ -558,6 +577,14 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     assert np.isfinite(scale) and scale > 0
     member = inv.load_member(newest.member_dirs()[0], device="cpu")
     assert member.var_scale == pytest.approx(scale, rel=1e-6)
+    # a XANES-only model records (and trains with) no copies: they would only duplicate its rows;
+    # --augment 0 turns them off for the EXAFS models
+    for extra, want in ((["--features", "xanes"], 0), (["--augment", "0"], 0)):
+        r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--all", "--universal", "--seeds", "1", "--device", "cpu",
+                                       "--min-sites", "10", "--db", url, "--models-dir", str(tmp_path / "m"), *extra])
+        assert r.exit_code == 0, r.output
+        newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
+        assert newest.config["hyperparameters"]["augment"] == want
 
 
 def _two_absorbers(eng) -> inv.SiteTable:
