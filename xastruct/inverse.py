@@ -718,10 +718,12 @@ class TrainResult:
     entry: Any = None  # registry entry once registered
 
 
-#: ranges of the measurement-like perturbations of :func:`augment_exafs`. Measured 3d spectra against
-#: their own crystal's FEFF chi (benchmarks/bench_sim_vs_measured.py) need S0^2-like factors 0.4-1.6,
-#: 0-0.012 A^2 more disorder than FEFF's fixed SIG2 0.004 -- more for farther shells, as a correlated
-#: Debye model gives -- and E0 offsets of -21 to -4 eV (measured E0 = half-step - 5 eV).
+#: ranges of the measurement-like perturbations of :func:`augment_exafs`. Measured 3d spectra fitted
+#: against their own crystal's FEFF chi (benchmarks/bench_sim_vs_measured.py) need amplitude factors
+#: 0.37-1.61 (median 0.84), 0-0.010 A^2 more disorder than FEFF's single SIG2 0.004 (real mean-square
+#: displacements also grow with distance, which one SIG2 for every path cannot give) and E0 offsets
+#: of -22 to -4 eV (median -12; measured E0 = half-step - 5 eV). The ranges cover most of that
+#: without the extremes (a Zn foil at A 0.41, NiS at -22 eV).
 AUGMENT = {"amplitude": (0.6, 1.2), "sigma2": (0.0, 0.006), "sigma2_per_A": (0.0, 0.004),
            "e0_ev": (-15.0, 5.0), "noise_k12": (0.0, 0.3)}
 #: apparent-distance bands (A, |chi(R)| scale) within which the extra disorder is taken as one value
@@ -1140,7 +1142,7 @@ DEFAULT_HP = {
     "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
     "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None, "rf_min_samples_leaf": 1,
     # perturbed EXAFS copies per training row (augment_exafs; models with EXAFS input only): measured
-    # MNND 0.156 -> 0.082 A on xaslib at the same simulated test MAE (benchmarks/bench_sim_vs_measured.py)
+    # MNND 0.156 -> 0.084 A on xaslib at about the same simulated test MAE (benchmarks/bench_sim_vs_measured.py)
     "augment": 2,
     "mnnd_stop": "mae",  # MNND early stopping on the val "mae" or the val "loss" (NLL; the old rule)
     "mnnd_likelihood": "gaussian",  # the MNND variance head's training NLL: "gaussian" or "laplace"
