@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_measured import XASLIB  # noqa: E402  (owned by bench_measured.py: same files, same place)
+
 OUT = ROOT / "benchmarks" / "results" / "sim_vs_measured.md"
 FIT_K = (3.0, 11.0)
 DE_STARTS = np.arange(-15.0, 15.1, 3.0)  # E0 has local minima one oscillation apart: start from several
@@ -234,10 +236,6 @@ def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
 
 
 def main() -> None:
-    global XASLIB
-    from bench_measured import XASLIB as _x
-
-    XASLIB = _x
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench_measured")
     ap.add_argument("--candidate", default=None, help="store URL whose newest inverse models are compared")
@@ -262,6 +260,5 @@ def main() -> None:
     log(f"wrote {args.out}")
 
 
-XASLIB = Path()
 if __name__ == "__main__":
     main()

@@ -79,8 +79,7 @@ def _results_table(task: str, results: list) -> Table:
 @click.option("--augment", default=None, type=click.IntRange(0, 20),
               help="Train also on N measurement-like copies of each EXAFS row (amplitude, shell-dependent disorder, "
                    "E0 shift, noise; see inverse.augment_exafs); 0 = FEFF spectra only. Models with EXAFS input "
-                   f"only [default: {inv.DEFAULT_HP['augment']}: on measured xaslib spectra MNND MAE 0.156 -> "
-                   "0.084 A at about the same simulated test error, benchmarks/results/sim_vs_measured.md].")
+                   f"only [default: {inv.DEFAULT_HP['augment']}; why: README, benchmarks/bench_sim_vs_measured.py].")
 @click.option("--epochs", default=None, type=int,
               help=f"Most epochs per seed [default: {inv.DEFAULT_HP['epochs']}, mnnd "
                    f"{inv.TASK_HP['mnnd']['epochs']}].")
