@@ -484,7 +484,7 @@ def report(rows: list[dict], info: dict) -> str:
          "(multiplicity weights): CN = weighted mean (class = nearest integer), MNND = weighted mean, neighbour "
          "= element with the most neighbours in total.", "",
          "Columns: *input* = what the file gave the model (XANES, plus EXAFS when the scan reaches k = 12 1/A "
-         "from the FEFF-equivalent E0) -> the model's feature variant; CN `pred +- sigma (p)`: sigma = spread "
+         "from the measured k origin, `inverse.measured_k_origin`) -> the model's feature variant; CN `pred +- sigma (p)`: sigma = spread "
          "of the class distribution, p = probability of the predicted class; MNND `pred +- sigma`: sqrt(variance "
          "head + seed variance); neighbour `pred (p)`. Mismatches are in **bold**.", ""]  # fmt: skip
     src = ("shipped (xastruct/data/pretrained)" if info["shipped"] else "none shipped when this ran")
@@ -577,6 +577,8 @@ def xanes_cost(rows: list[dict]) -> str:
 
 def discussion(rows: list[dict], info: dict) -> str:
     """The honest paragraph; counts filled in from this run."""
+    from xastruct import inverse
+
     n_xo = sum(1 for r in rows if r.get("input") == "XANES")
     unseen = any(p.get("xanes_unseen") for r in rows for p in (r.get("pred") or {}).values())
     parts = [
@@ -622,7 +624,10 @@ def discussion(rows: list[dict], info: dict) -> str:
         "(benchmarks/bench_sim_vs_measured.py, sim_vs_measured.md) the measured one needs an amplitude factor "
         "0.4-1.6, 0-0.010 A^2 more disorder than FEFF's single SIG2 (more for farther shells, which one SIG2 for "
         "every path cannot give) and an E0 offset of -4 to -22 eV (metals -4 to -6, oxides and sulfides -10 to "
-        "-22, with E0 put 5 eV below the half-step point). Models trained with measurement-like copies of each "
+        "-22, with the k origin then 5 eV below the half-step point; scans outside this test, fitted the same way in "
+        "bench_gap_validation.py, need a median -12.7 eV, so the measured k origin now sits "
+        f"{inverse.MEASURED_EXAFS_E0_SHIFT_EV:g} eV higher, centring the offsets on the training copies' E0 range, "
+        "`inverse.measured_k_origin`). Models trained with measurement-like copies of each "
         "EXAFS (`--augment`, inverse.augment_exafs; the default since session 14) read MNND from measured files "
         "about twice as well as those trained on the FEFF spectra alone; what remains: S02 and the mean free path "
         "are not tuned, autobk (rbkg 1 A) leaves low-R residue, real disorder is anharmonic (Zn). CHGNet-relaxed "

@@ -180,6 +180,8 @@ def summary(recs: list[dict], key: str) -> str:
 
 
 def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
+    from xastruct import inverse
+
     cmd = " ".join(sys.argv[1:])
     lines = [
         "# Measured vs simulated EXAFS of the same crystal, and the inverse models",
@@ -188,7 +190,8 @@ def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
         f"benchmarks/bench_sim_vs_measured.py{(' ' + cmd) if cmd else ''}` in {elapsed:.0f} s. Measured files, truth and "
         "twins: benchmarks/bench_measured.py (measured.md). FEFF chi: the dataset's feff8l run of the twin "
         "(S02 0.9, one SIG2 0.004 A^2 for every path), mean over its absorber sites. Measured chi: "
-        "`xastruct predict structure`'s extraction (larch autobk, E0 = half-step - 5 eV).",
+        "`xastruct predict structure`'s extraction (larch autobk, k origin = `inverse.measured_k_origin`: half-step "
+        f"- {inverse.FEFF_FERMI_OFFSET_EV:g} + {inverse.MEASURED_EXAFS_E0_SHIFT_EV:g} eV).",
         "",
         "## Part 1: fitted differences (k = 3-11 1/A, k^2 weight)",
         "",

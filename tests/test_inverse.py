@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import click
 import numpy as np
@@ -494,6 +495,33 @@ def test_predict_structure_with_separate_feff_chi_file(trained, tmp_path):
     assert abs(res["predictions"]["mnnd"]["value"] - 1.95) < 0.15
     with pytest.raises(InputError, match="chi.dat holds chi"):
         inv.predict_structure(eng, cf, element="Cu", device="cpu")
+
+
+def test_a_kind_the_model_did_not_see_for_this_absorber_is_not_read(trained, tmp_path, monkeypatch):
+    """A 'both' model chosen for its EXAFS reads a XANES + EXAFS scan of an absorber whose XANES it
+    did not train on (< MIN_KIND_ROWS) exactly as the EXAFS alone, and says so."""
+    url, eng, _, _ = trained
+    rng = np.random.default_rng(11)
+    e, mu = _xanes(4, 1.95, "O", rng)
+    k, chi = _exafs(4, 1.95, "O", rng)
+    cf = tmp_path / "chi.dat"
+    cf.write_text("# synthetic\n#       k          chi          mag           phase\n"
+                  + "\n".join(f"{a:.4f} {b:.6e} {abs(b):.6e} 0.0" for a, b in zip(k, chi)) + "\n")
+    inp = inv.spectrum_features(_write_two_column(tmp_path / "cu.dat", e, mu), element="Cu", exafs_path=cf)
+    both = inv.predict_spectra(eng, inp, device="cpu")
+    exafs_only = inv.predict_spectra(eng, replace(inp, xanes=None), device="cpu")
+    assert "ignored" not in both["mnnd"] and both["mnnd"]["features"] == "both"
+    cu_xanes = {t: r.config["train_kinds_by_element"]["Cu"]["XANES"] for t, r in
+                ((t, registry.list_models(eng, task=t)[0]) for t in ("mnnd", "neighbor"))}
+    monkeypatch.setattr(inv, "MIN_KIND_ROWS", max(cu_xanes.values()) + 1)  # Cu XANES now "too few"
+    masked = inv.predict_spectra(eng, inp, device="cpu")
+    for task in ("mnnd", "neighbor"):
+        assert masked[task]["ignored"] and masked[task]["ignored"][0].startswith("Cu XANES")
+    assert masked["mnnd"]["value"] == pytest.approx(exafs_only["mnnd"]["value"], abs=1e-6)
+    assert masked["mnnd"]["value"] != pytest.approx(both["mnnd"]["value"], abs=1e-6)
+    assert masked["neighbor"]["probabilities"] == pytest.approx(exafs_only["neighbor"]["probabilities"], abs=1e-6)
+    table, dropped = inv.without_unseen_kinds(inp.table(), {"train_kinds_by_element": {"Cu": {"XANES": 10**6, "EXAFS": 10**6}}})
+    assert not dropped and table.has_xanes.all()
 
 
 def test_models_are_not_given_a_spectrum_kind_they_never_saw():

@@ -517,7 +517,7 @@ def screen_inverse(
     """CN / MNND / neighbour for every stored spectrum of `elements` (or, with closed_loop, every
     latest forward prediction) with the model suited to its input kind."""
     from .inverse import (VARIANT_OF, _predict_classifier, _predict_mnnd, find_model, load_member,
-                          member_temperature)
+                          member_temperature, without_unseen_kinds)
 
     t0 = time.perf_counter()
     reasons: Counter = Counter()
@@ -573,7 +573,7 @@ def screen_inverse(
             variant, norm = VARIANT_OF[e.kind], cfg.get("input_norm")
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                table = _table(inp, part)
+                table, _ = without_unseen_kinds(_table(inp, part), cfg)
                 n = len(part)
                 # one column per field (no per-row dicts): this loop runs for every screened spectrum
                 cols: dict[str, Any] = dict(

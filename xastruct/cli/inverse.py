@@ -183,6 +183,8 @@ def structure(spectrum_file, element, edge, exafs_file, device, as_json, db) -> 
             out.print(f"[yellow]{task}: {v['error']}[/]", highlight=False)
         if "warning" in v:
             out.print(f"[yellow]{task}: {v['warning']}[/]", highlight=False)
+        if v.get("ignored"):
+            out.print(f"[yellow]{task}: input not read: {'; '.join(v['ignored'])}[/]", highlight=False)
     for note in res["notes"]:
         out.print(f"note: {note}", highlight=False)
 
