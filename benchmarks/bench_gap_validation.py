@@ -2,7 +2,11 @@
 to check inverse.AUGMENT's ranges on data the test does not see; and the shipped inverse models
 on those scans (out-of-sample for the ranges, which were set from the test files' fits).
 
-    .venv/bin/python benchmarks/bench_gap_validation.py [--work scratch/bench_measured] [--workers 2]
+    .venv/bin/python benchmarks/bench_gap_validation.py [--work scratch/bench_measured] [--workers 2] \
+        [--candidate duckdb:///./scratch/cand/store.duckdb --candidate-label "..."]
+
+--candidate: another store's inverse models (e.g. `xastruct train inverse ... --augment-ranges JSON`
+with ranges read off this benchmark's fits) beside the shipped ones, on the same scans.
 
 bench_sim_vs_measured.py (Part 1) fitted the gap on 21 of bench_measured.py's 33 test files, and
 inverse.AUGMENT's ranges were read off those fits. Here the same gap is fitted on :data:`FILES`:
@@ -208,14 +212,14 @@ def reading_rule(shift: float | None, blank_unseen: bool):
         inverse.MEASURED_EXAFS_E0_SHIFT_EV, inverse.without_unseen_kinds = saved
 
 
-def rule_summary(url: str, items: list[tuple]) -> list[str]:
+def rule_summary(url: str, items: list[tuple], rules=RULES) -> list[str]:
     """MNND MAE / median, CN and neighbour accuracy of the store's models on (path, element, truth)
-    items under each of :data:`RULES` (XANES+EXAFS as the file gives them)."""
+    items under each of *rules* (XANES+EXAFS as the file gives them)."""
     from xastruct import inverse, store
 
     eng = store.get_engine(url)
     out = []
-    for label, shift, blank in RULES:
+    for label, shift, blank in rules:
         err, cn, nb = [], [], []
         with reading_rule(shift, blank):
             for path, el, t in items:
@@ -351,6 +355,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench_measured",
                     help="bench_measured.py's work dir (store with the shipped models); FEFF cache goes under it")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--candidate", default=None, help="store URL with other inverse models (e.g. trained with "
+                    "--augment-ranges) to compare with the shipped ones on the same scans, current reading rule")
+    ap.add_argument("--candidate-label", default="candidate")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t0 = time.time()
@@ -387,9 +394,16 @@ def main() -> None:
     if have_store:
         url = f"duckdb:///{args.work / 'store.duckdb'}"
         test = [(XASLIB / r["rel"], r["element"], r["truth"]) for r in json.loads((args.work / "measured.json").read_text())]
-        rules = {"validation (18)": rule_summary(url, [(XASLIB / rel, el, structure_truth(structs[c], el))
-                                                       for rel, (el, c) in FILES.items() if (XASLIB / rel).exists()]),
-                 "test (33)": rule_summary(url, test)}
+        val_items = [(XASLIB / rel, el, structure_truth(structs[c], el)) for rel, (el, c) in FILES.items()
+                     if (XASLIB / rel).exists()]
+        rules = {"validation (18)": rule_summary(url, val_items), "test (33)": rule_summary(url, test)}
+        if args.candidate:
+            # a candidate store holds only models with EXAFS input: compare on the scans that have EXAFS
+            test_x = [t for t in test if inverse.spectrum_features(t[0], element=t[1]).exafs is not None]
+            now = RULES[-1:]
+            for name, items in (("validation (18)", val_items), (f"test with EXAFS ({len(test_x)})", test_x)):
+                rules[name + ", shipped"] = rule_summary(url, items, now)
+                rules[name + f", {args.candidate_label}"] = rule_summary(args.candidate, items, now)
     args.out.write_text(report(val, tw, time.time() - t0, args.work if have_store else None, rules))
     log(f"wrote {args.out}")
 

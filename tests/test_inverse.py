@@ -598,6 +598,7 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     assert (hp["epochs"], hp["patience"], hp["mnnd_stop"], hp["mnnd_likelihood"]) == (7, 3, "mae", "laplace")
     # measurement-like EXAFS copies are on by default for models with EXAFS input (DEFAULT_HP)
     assert hp["augment"] == inv.DEFAULT_HP["augment"] == 2
+    assert hp["augment_ranges"] == {k: list(v) for k, v in inv.AUGMENT.items()}  # recorded with the model
     assert inv.load_member(newest.member_dirs()[0], device="cpu").likelihood == "laplace"
     assert newest.metrics["fits"][0]["epochs_run"] <= 7
     # the variance head was recalibrated on the val materials and the factor went into the saved model
@@ -613,6 +614,22 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
         assert r.exit_code == 0, r.output
         newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
         assert newest.config["hyperparameters"]["augment"] == want
+        assert newest.config["hyperparameters"]["augment_ranges"] is None
+    # --augment-ranges overrides some ranges, keeps the rest, and is recorded; bad ones fail up front
+    r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--all", "--universal", "--seeds", "1", "--device", "cpu",
+                                   "--min-sites", "10", "--db", url, "--models-dir", str(tmp_path / "m"),
+                                   "--augment-ranges", '{"sigma2": [-0.003, 0.005]}'])
+    assert r.exit_code == 0, r.output
+    rec = max(registry.list_models(eng, task="cn"), key=lambda e: e.id).config["hyperparameters"]["augment_ranges"]
+    assert rec["sigma2"] == [-0.003, 0.005] and rec["e0_ev"] == list(inv.AUGMENT["e0_ev"])
+    n_models = len(registry.list_models(eng, task="cn"))
+    for bad, msg in (('{"sigma": [0, 1]}', "unknown augmentation parameter 'sigma'"), ('{"e0_ev": [5, -5]}', "low 5.0 > high"),
+                     ("sigma2=1", "not JSON")):
+        r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--all", "--universal", "--db", url,
+                                       "--models-dir", str(tmp_path / "m"), "--augment-ranges", bad])
+        # (the installed `xastruct` entry point prints InputError as a one-line message; here it is the exception)
+        assert r.exit_code != 0 and msg in r.output + str(r.exception or ""), r.output
+    assert len(registry.list_models(eng, task="cn")) == n_models
 
 
 def _two_absorbers(eng) -> inv.SiteTable:

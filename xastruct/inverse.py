@@ -784,12 +784,32 @@ def shell_damping(chi: np.ndarray, sigma2: np.ndarray, sigma2_per_a: np.ndarray)
     return out
 
 
-def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
+def augment_ranges(overrides: dict | None = None, *, source: str = "augment ranges") -> dict:
+    """:data:`AUGMENT` with *overrides* ({name: [lo, hi]}) applied, checked: known names, lo <= hi."""
+    out = {k: tuple(v) for k, v in AUGMENT.items()}
+    for name, v in (overrides or {}).items():
+        if name not in AUGMENT:
+            raise InputError(source, f"unknown augmentation parameter {name!r}",
+                             f"use one of {', '.join(AUGMENT)}")
+        try:
+            lo, hi = (float(x) for x in v)
+        except (TypeError, ValueError):
+            raise InputError(source, f"{name}: {v!r} is not a [low, high] pair of numbers",
+                             'write e.g. {"sigma2": [-0.003, 0.006]}') from None
+        if not lo <= hi:
+            raise InputError(source, f"{name}: low {lo} > high {hi}", "swap them")
+        out[name] = (lo, hi)
+    return out
+
+
+def augment_exafs(data: SiteTable, copies: int, *, seed: int, ranges: dict | None = None) -> SiteTable:
     """*copies* perturbed duplicates of every row with EXAFS (labels unchanged): what separates a
     measured chi(k) from FEFF's with its fixed S0^2 = 0.9 and sigma^2 = 0.004 A^2 -- an amplitude
     factor, extra thermal/static disorder growing with the shell distance (:func:`shell_damping`),
     an E0 mismatch (k' = sqrt(k^2 + dE / 3.81)) and white noise whose k^2-weighted size grows as
-    k^2 (up to :data:`AUGMENT` ``noise_k12`` at k = 12). Rows without EXAFS are not duplicated."""
+    k^2 (up to :data:`AUGMENT` ``noise_k12`` at k = 12). Rows without EXAFS are not duplicated.
+    *ranges*: uniform ranges per parameter (default :data:`AUGMENT`; see :func:`augment_ranges`)."""
+    ranges = AUGMENT if ranges is None else ranges
     base = data.subset(data.has_exafs)
     if copies <= 0 or len(base) == 0:
         return data
@@ -798,7 +818,7 @@ def augment_exafs(data: SiteTable, copies: int, *, seed: int) -> SiteTable:
     out = data
     for _ in range(copies):
         n = len(base)
-        u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in AUGMENT.items()}
+        u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in ranges.items()}
         chi = shell_damping(base.exafs / k**EXAFS_KWEIGHT, u["sigma2"], u["sigma2_per_A"])
         kk = np.sqrt(np.clip(k[None, :] ** 2 + u["e0_ev"] / 3.8099821, 0.0, None))
         chi2 = u["amplitude"] * _interp_uniform(kk, k, chi)
@@ -1263,7 +1283,11 @@ def train_task(
     # input normalisation, classes and the trivial baseline stay those of the real training rows
     if features == "xanes":
         hp = {**hp, "augment": 0}  # XANES-only models would only see duplicated rows
-    fit_on = augment_exafs(train, int(hp.get("augment") or 0), seed=split_seed)
+    # the ranges are recorded with the model: the measured k origin (MEASURED_EXAFS_E0_SHIFT_EV)
+    # centres measured E0 offsets on the e0_ev range these models trained with
+    hp = {**hp, "augment_ranges": ({k: list(v) for k, v in augment_ranges(hp.get("augment_ranges")).items()}
+                                   if int(hp.get("augment") or 0) > 0 else None)}
+    fit_on = augment_exafs(train, int(hp.get("augment") or 0), seed=split_seed, ranges=hp["augment_ranges"])
     members, fits, test_metrics, val_metrics, preds_out, temperatures = [], [], [], [], [], []
     trivial = trivial_baseline(task, train, test, None if task == "mnnd" else mapper)
     for s in range(seeds):
@@ -1326,7 +1350,7 @@ def train_task(
         "member_seeds": [split_seed * 1000 + s for s in range(seeds)], "device": str(dev),
         "hyperparameters": hp if arch != "rf" else {k: hp[k] for k in ("n_estimators", "rf_max_features",
                                                                            "rf_class_weight", "rf_min_samples_leaf",
-                                                                           "augment")},
+                                                                           "augment", "augment_ranges")},
         "optimizer": "AdamW" if arch != "rf" else None,
         "temperatures": temperatures if task != "mnnd" else None,
     }

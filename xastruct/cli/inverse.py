@@ -80,6 +80,9 @@ def _results_table(task: str, results: list) -> Table:
               help="Train also on N measurement-like copies of each EXAFS row (amplitude, shell-dependent disorder, "
                    "E0 shift, noise; see inverse.augment_exafs); 0 = FEFF spectra only. Models with EXAFS input "
                    f"only [default: {inv.DEFAULT_HP['augment']}; why: README, benchmarks/bench_sim_vs_measured.py].")
+@click.option("--augment-ranges", "augment_ranges_json", default=None, metavar="JSON",
+              help="Ranges of those copies' perturbations, over the defaults (inverse.AUGMENT), e.g. "
+                   "'{\"sigma2\": [-0.0035, 0.0075], \"e0_ev\": [-10, 0]}'; recorded with the model.")
 @click.option("--epochs", default=None, type=int,
               help=f"Most epochs per seed [default: {inv.DEFAULT_HP['epochs']}, mnnd "
                    f"{inv.TASK_HP['mnnd']['epochs']}].")
@@ -96,16 +99,26 @@ def _results_table(task: str, results: list) -> Table:
               help="Artifact directory (default: models/ next to a DuckDB store, else ./models).")
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, universal, use_element,
-            variance, likelihood, exafs_repr, augment, epochs, patience, lr, weight_decay, batch_size, min_sites, device, models_dir, db) -> None:
+            variance, likelihood, exafs_repr, augment, augment_ranges_json, epochs, patience, lr, weight_decay, batch_size,
+            min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
     els = None if all_elements or not elements else [check_element("--element", e)
                                                      for e in elements.split(",") if e.strip()]
     eds = None if not edges else [check_edge("--edge", e) for e in edges.split(",") if e.strip()]
+    ranges = None
+    if augment_ranges_json:
+        try:
+            ranges = json.loads(augment_ranges_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--augment-ranges") from None
+        if not isinstance(ranges, dict):
+            raise click.BadParameter('give an object, e.g. {"sigma2": [0, 0.006]}', param_hint="--augment-ranges")
+        inv.augment_ranges(ranges, source="--augment-ranges")  # unknown names / bad pairs fail before any work
     eng = store.get_engine(db)
     hp = {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-          "augment": augment, "mnnd_likelihood": likelihood}
+          "augment": augment, "mnnd_likelihood": likelihood, "augment_ranges": ranges}
     skipped: list[str] = []
 
     def log(msg: str) -> None:
