@@ -236,23 +236,14 @@ def rule_summary(url: str, items: list[tuple], rules=RULES) -> list[str]:
 
 def test_twins(work: Path) -> list[dict]:
     """The 4-parameter fit on bench_measured's test files with a simulated twin (as Part 1)."""
-    from bench_sim_vs_measured import twin_chi
+    from bench_sim_vs_measured import twin_pairs
 
     from xastruct import inverse, store
 
     rows = json.loads((work / "measured.json").read_text())
     eng = store.get_engine(f"duckdb:///{work / 'store.duckdb'}")
-    out = []
-    for r in rows:
-        if not r.get("twin") or r.get("input") != "XANES+EXAFS":
-            continue
-        inp = inverse.spectrum_features(XASLIB / r["rel"], element=r["element"])
-        tw = twin_chi(eng, r["twin"], r["element"])
-        if inp.exafs is None or tw is None:
-            continue
-        out.append({"file": r["file"], "compound": r["compound"], "T": r["T"],
-                    **fit_gap(inp.exafs / inverse.EXAFS_GRID**2, tw[0], per_a=True)})
-    return out
+    return [{"file": r["file"], "compound": r["compound"], "T": r["T"],
+             **fit_gap(inp.exafs / inverse.EXAFS_GRID**2, sim, per_a=True)} for r, inp, sim, _ in twin_pairs(rows, eng)]
 
 
 def spread(rows: list[dict], key: str) -> str:

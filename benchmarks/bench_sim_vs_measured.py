@@ -92,19 +92,26 @@ def predict(engine, inp, **kinds) -> dict:
     return {t: (v.get("value") if t != "neighbor" else v.get("label")) for t, v in p.items() if "error" not in v}
 
 
-def part1(rows, engine, candidate=None) -> tuple[list[dict], dict]:
+def twin_pairs(rows, engine):
+    """(row, featurized measured file, twin's FEFF chi, its site count) for bench_measured rows whose
+    compound has a simulated twin and whose scan gives EXAFS."""
     from xastruct import inverse
 
-    k = inverse.EXAFS_GRID
-    out, curves = [], {}
     for r in rows:
         if not r.get("twin") or r.get("input") != "XANES+EXAFS":
             continue
         inp = inverse.spectrum_features(XASLIB / r["rel"], element=r["element"])
         tw = twin_chi(engine, r["twin"], r["element"])
-        if inp.exafs is None or tw is None:
-            continue
-        sim, n = tw
+        if inp.exafs is not None and tw is not None:
+            yield r, inp, tw[0], tw[1]
+
+
+def part1(rows, engine, candidate=None) -> tuple[list[dict], dict]:
+    from xastruct import inverse
+
+    k = inverse.EXAFS_GRID
+    out, curves = [], {}
+    for r, inp, sim, n in twin_pairs(rows, engine):
         fit = fit_nuisance(inp.exafs / k**2, sim)
         on_meas = predict(engine, inp, xanes=None)
         on_sim = predict(engine, inp, xanes=None, exafs=sim * k**2)
