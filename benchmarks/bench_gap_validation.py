@@ -230,7 +230,8 @@ def rule_summary(url: str, items: list[tuple], rules=RULES) -> list[str]:
                     cn.append(p["cn"]["value"] == t["cn"])
                 if "error" not in p.get("neighbor", {"error": 1}):
                     nb.append(p["neighbor"]["label"] == t["neighbor"])
-        out.append(f"| {label} | {len(err)} | {np.mean(err):.3f} | {np.median(err):.3f} | {np.mean(cn):.2f} | {np.mean(nb):.2f} |")
+        acc = lambda v: f"{np.mean(v):.2f}" if v else "-"  # noqa: E731  (a store may hold an MNND model only)
+        out.append(f"| {label} | {len(err)} | {np.mean(err):.3f} | {np.median(err):.3f} | {acc(cn)} | {acc(nb)} |")
     return out
 
 
@@ -346,9 +347,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench_measured",
                     help="bench_measured.py's work dir (store with the shipped models); FEFF cache goes under it")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--candidate", default=None, help="store URL with other inverse models (e.g. trained with "
-                    "--augment-ranges) to compare with the shipped ones on the same scans, current reading rule")
-    ap.add_argument("--candidate-label", default="candidate")
+    ap.add_argument("--candidate", action="append", help="store URL with other inverse models (e.g. trained with "
+                    "--augment-ranges) to compare with the shipped ones on the same scans, current reading rule; repeatable")
+    ap.add_argument("--candidate-label", action="append", help="a label per --candidate, in order")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t0 = time.time()
@@ -392,9 +393,11 @@ def main() -> None:
             # a candidate store holds only models with EXAFS input: compare on the scans that have EXAFS
             test_x = [t for t in test if inverse.spectrum_features(t[0], element=t[1]).exafs is not None]
             now = RULES[-1:]
+            labels = (args.candidate_label or []) + [f"candidate {i + 1}" for i in range(len(args.candidate))]
             for name, items in (("validation (18)", val_items), (f"test with EXAFS ({len(test_x)})", test_x)):
                 rules[name + ", shipped"] = rule_summary(url, items, now)
-                rules[name + f", {args.candidate_label}"] = rule_summary(args.candidate, items, now)
+                for cand, label in zip(args.candidate, labels):
+                    rules[name + f", {label}"] = rule_summary(cand, items, now)
     args.out.write_text(report(val, tw, time.time() - t0, args.work if have_store else None, rules))
     log(f"wrote {args.out}")
 
