@@ -1178,8 +1178,9 @@ DEFAULT_HP = {
     "epochs": 300, "lr": 1e-4, "weight_decay": 0.01, "batch_size": 64, "patience": 25,
     "d_embed": 64, "d_hidden": 128, "n_layers": 3, "dropout": 0.1, "class_weight": True,
     "n_estimators": 200, "rf_max_features": 0.3, "rf_class_weight": None, "rf_min_samples_leaf": 1,
-    # perturbed EXAFS copies per training row (augment_exafs; models with EXAFS input only): measured
-    # MNND 0.156 -> 0.084 A on xaslib at about the same simulated test MAE (benchmarks/bench_sim_vs_measured.py)
+    # perturbed EXAFS copies per training row (augment_exafs; models with EXAFS input only): they halved
+    # the MNND error on measured xaslib files at about the same simulated test MAE (session 14; README,
+    # benchmarks/bench_sim_vs_measured.py)
     "augment": 2,
     "mnnd_stop": "mae",  # MNND early stopping on the val "mae" or the val "loss" (NLL; the old rule)
     "mnnd_likelihood": "gaussian",  # the MNND variance head's training NLL: "gaussian" or "laplace"
