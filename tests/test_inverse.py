@@ -618,10 +618,17 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     # --augment-ranges overrides some ranges, keeps the rest, and is recorded; bad ones fail up front
     r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--all", "--universal", "--seeds", "1", "--device", "cpu",
                                    "--min-sites", "10", "--db", url, "--models-dir", str(tmp_path / "m"),
-                                   "--augment-ranges", '{"sigma2": [-0.003, 0.005]}'])
+                                   "--augment-ranges", '{"sigma2": [-0.003, 0.005]}',
+                                   "--n-estimators", "25", "--rf-min-samples-leaf", "3"])
     assert r.exit_code == 0, r.output
-    rec = max(registry.list_models(eng, task="cn"), key=lambda e: e.id).config["hyperparameters"]["augment_ranges"]
+    newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
+    rec = newest.config["hyperparameters"]["augment_ranges"]
     assert rec["sigma2"] == [-0.003, 0.005] and rec["e0_ev"] == list(inv.AUGMENT["e0_ev"])
+    # the forest's size options reach the estimator and are recorded with it
+    est = inv.load_member(newest.member_dirs()[0], device="cpu").estimator
+    assert (len(est.estimators_), est.min_samples_leaf) == (25, 3)
+    hp = newest.config["hyperparameters"]
+    assert (hp["n_estimators"], hp["rf_min_samples_leaf"]) == (25, 3)
     n_models = len(registry.list_models(eng, task="cn"))
     for bad, msg in (('{"sigma": [0, 1]}', "unknown augmentation parameter 'sigma'"), ('{"e0_ev": [5, -5]}', "low 5.0 > high"),
                      ("sigma2=1", "not JSON")):
@@ -716,3 +723,18 @@ def test_uniform_row_interp_equals_np_interp_including_the_clamped_ends():
     x_new = np.sqrt(np.clip(k[None, :] ** 2 + rng.uniform(-40, 40, size=(20, 1)) / 3.81, 0.0, None))
     want = np.stack([np.interp(x_new[i], k, y[i]) for i in range(20)])
     np.testing.assert_allclose(inv._interp_uniform(x_new, k, y), want, rtol=0, atol=1e-10)
+
+
+def test_load_member_is_reused_until_the_artifact_changes(tmp_path):
+    """predict_spectra loads its members on every call: an unchanged artifact comes from memory,
+    one rewritten in place is read again."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = np.arange(20.0).reshape(10, 2), np.array([0, 1] * 5)
+    d = tmp_path / "seed0"
+    inv.SklearnMember(estimator=RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)).save(d)
+    a = inv.load_member(d, device="cpu")
+    assert inv.load_member(d, device="cpu") is a
+    inv.SklearnMember(estimator=RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)).save(d)
+    b = inv.load_member(d, device="cpu")
+    assert b is not a and len(b.estimator.estimators_) == 5

@@ -278,3 +278,19 @@ def test_batched_exafs_features_equal_per_row_path():
         np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-9)
     with pytest.raises(inv.InputError, match="EXAFS range too short"):
         inv.exafs_features(np.asarray(rows[3]["k"]), np.asarray(rows[3]["chi"]))
+
+
+def test_probability_json_is_json_dumps_of_the_nonzero_classes():
+    """The vectorized probabilities text equals the per-row json.dumps it replaced (sorted keys,
+    zero classes left out, an all-zero row gives {})."""
+    from xastruct.screen import _probability_json
+
+    rng = np.random.default_rng(3)
+    classes = ["O", "Cu", "S", "other", "Fe", "N"]
+    p = np.round(rng.dirichlet(np.full(len(classes), 0.3), size=50), 4)
+    p[rng.random(p.shape) < 0.4] = 0.0
+    p[7] = 0.0
+    want = [json.dumps({c: q for c, q in zip(classes, row) if q != 0}, sort_keys=True) for row in p.tolist()]
+    got = _probability_json(p, classes)
+    assert got == want and got[7] == "{}"
+    assert all(json.loads(g) == json.loads(w) for g, w in zip(got, want))

@@ -92,6 +92,11 @@ def _results_table(task: str, results: list) -> Table:
 @click.option("--lr", default=inv.DEFAULT_HP["lr"], show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--weight-decay", default=inv.DEFAULT_HP["weight_decay"], show_default=True, type=float)
 @click.option("--batch-size", default=inv.DEFAULT_HP["batch_size"], show_default=True, type=int)
+@click.option("--n-estimators", default=None, type=click.IntRange(1, None),
+              help=f"Trees per random forest (--arch rf) [default: {inv.DEFAULT_HP['n_estimators']}].")
+@click.option("--rf-min-samples-leaf", default=None, type=click.IntRange(1, None),
+              help="Fewest training rows in a forest leaf (--arch rf; larger = smaller, faster forests) "
+                   f"[default: {inv.DEFAULT_HP['rf_min_samples_leaf']}].")
 @click.option("--min-sites", default=20, show_default=True, type=int,
               help="Skip (element, edge) pairs with fewer usable examples.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
@@ -100,7 +105,7 @@ def _results_table(task: str, results: list) -> Table:
 @db_option
 def inverse(task, elements, all_elements, edges, features, arch, seeds, split_seed, target, sources, universal, use_element,
             variance, likelihood, exafs_repr, augment, augment_ranges_json, epochs, patience, lr, weight_decay, batch_size,
-            min_sites, device, models_dir, db) -> None:
+            n_estimators, rf_min_samples_leaf, min_sites, device, models_dir, db) -> None:
     """Train spectrum -> structure models (CN, MNND or neighbour type) and register them."""
     if elements and all_elements:
         raise click.UsageError("give --element or --all, not both")
@@ -118,7 +123,8 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
         inv.augment_ranges(ranges, source="--augment-ranges")  # unknown names / bad pairs fail before any work
     eng = store.get_engine(db)
     hp = {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-          "augment": augment, "mnnd_likelihood": likelihood, "augment_ranges": ranges}
+          "augment": augment, "mnnd_likelihood": likelihood, "augment_ranges": ranges,
+          "n_estimators": n_estimators, "rf_min_samples_leaf": rf_min_samples_leaf}
     skipped: list[str] = []
 
     def log(msg: str) -> None:
