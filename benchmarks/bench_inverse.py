@@ -10,12 +10,16 @@ test materials (split by reduced formula, seed 0); nothing is registered. Main m
 ``--seeds`` initialisation seeds, ablations ``--ablation-seeds``. Metrics are mean ± std over
 seeds; "per-element" is the mean over (element, edge) groups of that group's metric. Runs with
 one torch thread and n_jobs=1 (the machine is shared with the FEFF data generation).
+Resumable: each finished row goes to ``--state`` (benchmarks/state/inverse_rows.jsonl) and a rerun on
+the same data, settings and model defaults reads it back instead of training it again.
 Writes a markdown report with Table-2/3-style comparisons and the issue's targets.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -173,6 +177,50 @@ def trivial_pooled(task: str, results: list[inv.TrainResult], data: inv.SiteTabl
     return {"overall": wrap(overall), "groups": {g: wrap(m) for g, m in groups.items()}}
 
 
+class RowCache:
+    """Finished rows, one JSON line each under --state, so a run of hours resumes where it stopped.
+    A row is reused only for the same data (spectrum-key fingerprint), plan, settings and model
+    defaults (inverse.DEFAULT_HP / TASK_HP / AUGMENT / grids): change any and it is trained again."""
+
+    def __init__(self, state: Path | None, data, hp: dict, min_sites: int):
+        self.path = None if state is None else Path(state)
+        self.base = {"data": data.fingerprint(), "n": len(data), "hp": hp, "min_sites": min_sites,
+                     "defaults": [inv.DEFAULT_HP, inv.TASK_HP, inv.AUGMENT, inv.grid_spec()]}
+        self.rows = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    self.rows[rec["key"]] = rec["row"]
+
+    def key(self, plan: dict) -> str:
+        return hashlib.sha256(json.dumps({**self.base, **plan}, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, plan: dict) -> dict | None:
+        row = self.rows.get(self.key(plan))
+        return None if row is None else {**row, "cached": True}
+
+    def put(self, plan: dict, row: dict) -> dict:
+        # through JSON and back, so a fresh row and a cached one are the same kind of object
+        row = json.loads(json.dumps(row, default=_json_default))
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:  # one whole line per row: a killed run loses at most the row it was on
+                f.write(json.dumps({"key": self.key(plan), "plan": plan, "row": row}, default=_json_default) + "\n")
+        self.rows[self.key(plan)] = row
+        return row
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
 def fmt(v, digits=3) -> str:
     if v is None:
         return "-"
@@ -292,34 +340,45 @@ def run(args) -> str:
         table = defaultdict(list)
         per_element_rows = defaultdict(dict)
         per_class = {}
+        cache = RowCache(args.state, data, hp, args.min_sites)
         for task, arch, variant, use_el, seeds, label, exafs_repr, *extra_hp in plans:
-            t = time.perf_counter()
-            res = inv.train_inverse(eng, task=task, arch=arch, features=variant, seeds=seeds, split_seed=0,
-                                    device=args.device, use_element=use_el, hp={**hp, **(extra_hp or [{}])[0]},
-                                    universal=True if "universal" in label else None,  # the row labels say which
-                                    register=False, data=data,
-                                    min_sites=args.min_sites, exafs_repr=exafs_repr)
-            secs = time.perf_counter() - t
-            if not res:
+            plan = {"task": task, "arch": arch, "variant": variant, "use_element": use_el, "seeds": seeds,
+                    "label": label, "exafs_repr": exafs_repr, "hp": (extra_hp or [{}])[0]}
+            row = cache.get(plan)
+            if row is None:
+                t = time.perf_counter()
+                res = inv.train_inverse(eng, task=task, arch=arch, features=variant, seeds=seeds, split_seed=0,
+                                        device=args.device, use_element=use_el, hp={**hp, **plan["hp"]},
+                                        universal=True if "universal" in label else None,  # the row labels say which
+                                        register=False, data=data,
+                                        min_sites=args.min_sites, exafs_repr=exafs_repr)
+                row = {"secs": time.perf_counter() - t, "pm": pooled(task, res) if res else None}
+                if res:
+                    if task != "mnnd" and label in ("RF per element, " + main_variant, "SGMLP per element",
+                                                    "RF universal + element/edge"):
+                        row["class_report"] = class_report(res)
+                    main_labels = {"mnnd": MNND_MAIN, "cn": f"RF per element, {main_variant}",
+                                   "neighbor": "SGMLP per element"}
+                    if label == main_labels[task]:
+                        row["trivial"] = ["trivial", trivial_pooled(task, res, data, variant, 0)]
+                    elif task == "neighbor" and label == "RF universal + element/edge":
+                        # the majority among the universal model's classes (few merge into 'other')
+                        row["trivial"] = ["trivial, universal classes", trivial_pooled(task, res, data, variant, 0)]
+                row = cache.put(plan, row)
+            pm, secs = row["pm"], row["secs"]
+            if pm is None:
                 continue
-            pm = pooled(task, res)
             table[task].append((label, variant, pm, secs))
             per_element_rows[task][label] = pm.get("groups", {})
-            if task != "mnnd" and label in ("RF per element, " + main_variant, "SGMLP per element",
-                                            "RF universal + element/edge"):
-                per_class[(task, label)] = class_report(res)
-            print(f"{name} {task} {label} [{variant}] {secs:.0f}s: "
+            if "class_report" in row:
+                per_class[(task, label)] = row["class_report"]
+            print(f"{name} {task} {label} [{variant}] {secs:.0f}s{' (cached)' if row.get('cached') else ''}: "
                   + ", ".join(f"{k}={fmt(v)}" for k, v in pm["overall"].items() if k != "n"), flush=True)
-            main_labels = {"mnnd": MNND_MAIN, "cn": f"RF per element, {main_variant}",
-                           "neighbor": "SGMLP per element"}
-            if label == main_labels[task]:
-                triv = trivial_pooled(task, res, data, variant, 0)
-                table[task].append(("trivial", variant, triv, 0.0))
-                per_element_rows[task]["trivial"] = triv["groups"]
-            elif task == "neighbor" and label == "RF universal + element/edge":
-                # the majority among the universal model's classes (few merge into 'other')
-                triv = trivial_pooled(task, res, data, variant, 0)
-                table[task].append(("trivial, universal classes", variant, triv, 0.0))
+            if "trivial" in row:
+                tlabel, triv = row["trivial"]
+                table[task].append((tlabel, variant, triv, 0.0))
+                if tlabel == "trivial":
+                    per_element_rows[task]["trivial"] = triv["groups"]
         # ---- tables
         if table["mnnd"]:
             lines += ["### MNND (A), test materials", "",
@@ -414,7 +473,12 @@ def main() -> None:
     ap.add_argument("--describe", action="store_true", help="only the datasets' sizes, no models")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--state", type=Path, default=Path(__file__).parent / "state" / "inverse_rows.jsonl",
+                    help="finished rows are kept here and reused by a rerun on the same data and settings "
+                         "('none': keep nothing)")
     args = ap.parse_args()
+    if str(args.state) == "none":
+        args.state = None
     text = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

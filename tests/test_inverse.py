@@ -360,6 +360,34 @@ def test_predict_structure_on_measured_xdi_via_cli(trained):
     assert res["exafs"] and math.isfinite(res["predictions"]["mnnd"]["sigma"])
 
 
+def test_predict_structure_several_files_one_row_each(trained, tmp_path):
+    """A folder of scans in one call: a row per file with the same numbers as one file at a time;
+    a file that cannot be read gets its error in its row and the exit status says so."""
+    url, eng, _, _ = trained
+    _, predict = _cli()
+    rng = np.random.default_rng(7)
+    files = []
+    for i, (cn, d) in enumerate(((6, 2.03), (4, 1.95))):
+        e, mu = _xanes(cn, d, "O", rng)
+        files.append(str(_write_two_column(tmp_path / f"scan{i}.dat", e, mu)))
+    e, mu = _xanes(4, 1.95, "O", rng)
+    short = str(_write_two_column(tmp_path / "short.dat", e[e < 9010], mu[e < 9010]))
+    args = ["structure", *files, "--element", "Cu", "--device", "cpu", "--db", url]
+    r = CliRunner().invoke(predict, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert [row["file"] for row in rows] == files
+    for f, row in zip(files, rows):
+        one = inv.predict_structure(eng, f, element="Cu", device="cpu")["predictions"]
+        assert row["predictions"]["mnnd"]["value"] == pytest.approx(one["mnnd"]["value"])
+        assert row["predictions"]["cn"]["value"] == one["cn"]["value"]
+    r = CliRunner().invoke(predict, [*args[:3], short, *args[3:]])
+    assert r.exit_code == 1
+    assert "scan0.dat" in r.output and "scan1.dat" in r.output and "too short" in r.output
+    r = CliRunner().invoke(predict, [*args, "--exafs", files[0]])
+    assert r.exit_code == 2 and "single SPECTRUM_FILE" in r.output
+
+
 @needs_shared(CU_FEFF9)
 def test_predict_structure_on_feff_xmu(trained):
     url, eng, _, _ = trained

@@ -6,12 +6,14 @@ Mounted by the lead into the `train` and `predict` groups via TRAIN_COMMANDS / P
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.table import Table
 
 from .. import inverse as inv
 from .. import store
+from ..errors import InputError
 from ..readers import check_edge, check_element
 from .common import console, db_option, out, print_summary, progress_bar
 
@@ -157,25 +159,45 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
 
 
 @click.command("structure")
-@click.argument("spectrum_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--element", required=True, help="Absorbing element (checked against the file header).")
+@click.argument("spectrum_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--element", required=True, help="Absorbing element (checked against each file's header).")
 @click.option("--edge", default=None, help="Edge (default: from the file header, else K).")
 @click.option("--exafs", "exafs_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Separate EXAFS measurement (XDI/two-column mu(E), FEFF xmu.dat or chi.dat).")
+              help="Separate EXAFS measurement (XDI/two-column mu(E), FEFF xmu.dat or chi.dat); one SPECTRUM_FILE only.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a list for several files).")
 @db_option
-def structure(spectrum_file, element, edge, exafs_file, device, as_json, db) -> None:
-    """Predict CN, mean nearest-neighbour distance and neighbour type from SPECTRUM_FILE
-    (XDI, FEFF xmu.dat or two-column energy/mu)."""
+def structure(spectrum_files, element, edge, exafs_file, device, as_json, db) -> None:
+    """Predict CN, mean nearest-neighbour distance and neighbour type from SPECTRUM_FILE(s)
+    (XDI, FEFF xmu.dat or two-column energy/mu). Several files: one row each; a file that cannot be
+    read gets its error in its row and the exit status is 1."""
+    if exafs_file and len(spectrum_files) > 1:
+        raise click.UsageError("--exafs pairs one EXAFS file with one SPECTRUM_FILE; give a single SPECTRUM_FILE")
     eng = store.get_engine(db)
-    with progress_bar(1, "predicting") as advance:
-        res = inv.predict_structure(eng, spectrum_file, element=element, edge=edge, exafs_path=exafs_file,
-                                    device=device)
-        advance()
+    results = []
+    with progress_bar(len(spectrum_files), "predicting") as advance:
+        for f in spectrum_files:
+            if len(spectrum_files) == 1:  # one file: its error is the command's error, as before
+                results.append(inv.predict_structure(eng, f, element=element, edge=edge, exafs_path=exafs_file,
+                                                     device=device))
+            else:
+                try:
+                    results.append({"file": f, **inv.predict_structure(eng, f, element=element, edge=edge,
+                                                                        device=device)})
+                except InputError as exc:
+                    results.append({"file": f, "error": str(exc)})
+            advance()
     if as_json:
-        out.print_json(json.dumps(res))
-        return
+        out.print_json(json.dumps(results[0] if len(results) == 1 else results))
+    elif len(results) == 1:
+        _print_one(results[0])
+    else:
+        _print_many(results)
+    if any("error" in r for r in results):
+        raise SystemExit(1)
+
+
+def _print_one(res: dict) -> None:
     kinds = "+".join(k for k, v in (("XANES", res["xanes"]), ("EXAFS", res["exafs"])) if v)
     tbl = Table(title=f"{res['element']} {res['edge']}, input {kinds}")
     for c in ("quantity", "prediction", "uncertainty", "model"):
@@ -197,15 +219,45 @@ def structure(spectrum_file, element, edge, exafs_file, device, as_json, db) -> 
     for r in rows:
         tbl.add_row(*r)
     out.print(tbl)
-    for task, v in p.items():
-        if "error" in v:
-            out.print(f"[yellow]{task}: {v['error']}[/]", highlight=False)
-        if "warning" in v:
-            out.print(f"[yellow]{task}: {v['warning']}[/]", highlight=False)
-        if v.get("ignored"):
-            out.print(f"[yellow]{task}: input not read: {'; '.join(v['ignored'])}[/]", highlight=False)
+    for line in _task_notes(p):
+        out.print(f"[yellow]{line}[/]", highlight=False)
     for note in res["notes"]:
         out.print(f"note: {note}", highlight=False)
+
+
+def _task_notes(p: dict) -> list[str]:
+    """Per task: why there is no prediction, warnings, and input kinds the model did not read."""
+    lines = []
+    for task, v in p.items():
+        if "error" in v:
+            lines.append(f"{task}: {v['error']}")
+        if "warning" in v:
+            lines.append(f"{task}: {v['warning']}")
+        if v.get("ignored"):
+            lines.append(f"{task}: input not read: {'; '.join(v['ignored'])}")
+    return lines
+
+
+def _print_many(results: list[dict]) -> None:
+    tbl = Table(title=f"{len(results)} files")
+    for c in ("file", "input", "CN (p)", "MNND (A) ± 1 sigma", "neighbour (p)", "notes"):
+        tbl.add_column(c)
+    names = [Path(r["file"]).name for r in results]
+    if len(set(names)) < len(names):  # the same name in two folders: the paths tell them apart
+        names = [str(r["file"]) for r in results]
+    for name, res in zip(names, results):
+        if "error" in res:
+            tbl.add_row(name, "-", "-", "-", "-", f"[red]{res['error']}[/]")
+            continue
+        p = res["predictions"]
+        ok = lambda t: "error" not in p.get(t, {"error": 1})  # noqa: E731
+        tbl.add_row(
+            name, "+".join(k for k, v in (("XANES", res["xanes"]), ("EXAFS", res["exafs"])) if v),
+            f"{p['cn']['value']} ({p['cn']['probability']:.2f})" if ok("cn") else "-",
+            f"{p['mnnd']['value']:.3f} ± {p['mnnd']['sigma']:.3f}" if ok("mnnd") else "-",
+            f"{p['neighbor']['label']} ({p['neighbor']['probability']:.2f})" if ok("neighbor") else "-",
+            "; ".join(_task_notes(p) + list(res["notes"])))
+    out.print(tbl)
 
 
 TRAIN_COMMANDS = [inverse]
