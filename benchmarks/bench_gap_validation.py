@@ -1,6 +1,6 @@
 """Benchmark: the measured-vs-FEFF gap on xaslib scans that the measured-spectra test never scores,
-to check inverse.AUGMENT's ranges on data the test does not see; and the shipped inverse models
-on those scans (out-of-sample for the ranges, which were set from the test files' fits).
+on which inverse.AUGMENT's ranges are now set (session 16: the 10th-90th percentiles of the fits
+here; until then they came from the test files' fits); and the shipped inverse models on those scans.
 
     .venv/bin/python benchmarks/bench_gap_validation.py [--work scratch/bench_measured] [--workers 2] \
         [--candidate duckdb:///./scratch/cand/store.duckdb --candidate-label "..."]
@@ -8,8 +8,8 @@ on those scans (out-of-sample for the ranges, which were set from the test files
 --candidate: another store's inverse models (e.g. `xastruct train inverse ... --augment-ranges JSON`
 with ranges read off this benchmark's fits) beside the shipped ones, on the same scans.
 
-bench_sim_vs_measured.py (Part 1) fitted the gap on 21 of bench_measured.py's 33 test files, and
-inverse.AUGMENT's ranges were read off those fits. Here the same gap is fitted on :data:`FILES`:
+bench_sim_vs_measured.py (Part 1) fits the gap on 21 of bench_measured.py's 33 test files (the
+source of inverse.AUGMENT's ranges until session 16). Here the same gap is fitted on :data:`FILES`:
 scans of V, Sr, Cd, Se (K edge) and W, Pt, Au, Pb, Eu (L3 edge) compounds with simple, well-known
 crystals, none of them a bench_measured.py file. For each: the crystal is built with pymatgen from
 its literature cell, feff8l runs with the dataset's defaults (`feff.run_job`, as `xastruct simulate`)
@@ -306,8 +306,10 @@ def report(val: list[dict], tw: list[dict], elapsed: float, work: Path | None, r
         lines += ["", "## Shipped inverse models on the validation scans", "",
                   f"Models of the store {work}/store.duckdb (bench_measured.py's: the shipped ones). Truth: CrystalNN "
                   "labels of the built crystal, multiplicity-weighted (bench_measured.structure_truth). These "
-                  "scans played no part in choosing AUGMENT, so for the shipped models they are out of sample "
-                  "in every respect. CN / neighbour models exist only for some absorbers ('-' where none).", "",
+                  "scans are the validation set: inverse.AUGMENT's ranges are their fits' 10th-90th percentiles "
+                  "and MEASURED_EXAFS_E0_SHIFT_EV their median E0 offset, so for the shipped models they are not "
+                  "out of sample (bench_measured.py's 33 test files are). CN / neighbour models exist only for "
+                  "some absorbers ('-' where none).", "",
                   "| compound | file | true CN | CN | true MNND | MNND (XANES+EXAFS) | MNND (EXAFS) | MNND (FEFF chi of the crystal) "
                   "| true neighbour | neighbour |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

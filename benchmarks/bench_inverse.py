@@ -179,13 +179,15 @@ def trivial_pooled(task: str, results: list[inv.TrainResult], data: inv.SiteTabl
 
 class RowCache:
     """Finished rows, one JSON line each under --state, so a run of hours resumes where it stopped.
-    A row is reused only for the same data (spectrum-key fingerprint), plan, settings and model
-    defaults (inverse.DEFAULT_HP / TASK_HP / AUGMENT / grids): change any and it is trained again."""
+    A row is reused only for the same data (spectrum-key fingerprint), plan, the task's resolved
+    hyperparameters (inverse.task_hp), augmentation ranges and grids: change any and that row is
+    trained again (a default changed for one task leaves the other tasks' rows valid)."""
 
     def __init__(self, state: Path | None, data, hp: dict, min_sites: int):
         self.path = None if state is None else Path(state)
-        self.base = {"data": data.fingerprint(), "n": len(data), "hp": hp, "min_sites": min_sites,
-                     "defaults": [inv.DEFAULT_HP, inv.TASK_HP, inv.AUGMENT, inv.grid_spec()]}
+        self.hp = hp
+        self.base = {"data": data.fingerprint(), "n": len(data), "min_sites": min_sites,
+                     "defaults": [inv.AUGMENT, inv.grid_spec()]}
         self.rows = {}
         if self.path is not None and self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -194,7 +196,9 @@ class RowCache:
                     self.rows[rec["key"]] = rec["row"]
 
     def key(self, plan: dict) -> str:
-        return hashlib.sha256(json.dumps({**self.base, **plan}, sort_keys=True, default=str).encode()).hexdigest()
+        resolved = inv.task_hp(plan["task"], {**self.hp, **plan["hp"]})
+        return hashlib.sha256(json.dumps({**self.base, **plan, "resolved_hp": resolved}, sort_keys=True,
+                                         default=str).encode()).hexdigest()
 
     def get(self, plan: dict) -> dict | None:
         row = self.rows.get(self.key(plan))

@@ -1,6 +1,6 @@
 """Benchmark: spectrum matching (``xastruct match``): self-retrieval, measured spectra, speed.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_match.py [--work DIR] [--parts retrieval,measured,speed]
+    .venv/bin/python benchmarks/bench_match.py [--work DIR] [--parts retrieval,measured,speed]
 
 Everything heavy is cached in --work (default /tmp/xastruct_bench_match) and resumes on a rerun:
 
@@ -368,8 +368,9 @@ def speed(url: str, work: Path, n: int) -> dict:
 def report(args, retrieval: dict | None, meas: list[dict] | None, spd: dict | None) -> str:
     cmd = " ".join(["python", "benchmarks/bench_match.py", *sys.argv[1:]])
     lines = ["# Spectrum matching (`xastruct match`)", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `nice -n 10 {cmd}` on this "
-             f"2-core machine, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{cmd}` on this "
+             f"{os.cpu_count()}-core machine (load average {os.getloadavg()[0]:.1f} at the end: above 1, other jobs "
+             "shared it).", "",
              "Scores compare edge-step normalized mu on E - E0 over one window for all shifts; the shift search "
              f"runs over +-{args.shift_range:g} eV in {m.SHIFT_STEP} eV steps unless noted (`xastruct/match.py`).", ""]
     if retrieval:

@@ -1,7 +1,7 @@
 """Benchmark: the inverse models (CN / MNND / dominant neighbour) on measured xaslib spectra of
 compounds whose crystal structure is well known.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_measured.py [--work scratch/bench_measured] [--fresh]
+    .venv/bin/python benchmarks/bench_measured.py [--work scratch/bench_measured] [--fresh]
 
 Writes benchmarks/results/measured.md. Steps (each a user-facing command, run in its own process):
 
@@ -469,13 +469,13 @@ def fmt_summary(s: dict) -> str:
 
 
 def report(rows: list[dict], info: dict) -> str:
-    cmd = "nice -n 10 .venv/bin/python benchmarks/bench_measured.py " + " ".join(sys.argv[1:])
+    cmd = ".venv/bin/python benchmarks/bench_measured.py " + " ".join(sys.argv[1:])
     models = sorted({(p["model"], p["model_kind"], p.get("model_target"), p["shipped"])
                      for r in rows for p in (r.get("pred") or {}).values()})  # fmt: skip
     L = ["# Inverse models on measured spectra (xaslib)", "",
          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{cmd.strip()}` in "
-         f"{info['seconds']:.0f} s on this 2-core machine shared with FEFF jobs (load average "
-         f"{os.getloadavg()[0]:.1f} at the end).", "",
+         f"{info['seconds']:.0f} s on this {os.cpu_count()}-core machine (load average "
+         f"{os.getloadavg()[0]:.1f} at the end: above 1, other jobs shared it).", "",
          "Predictions: `xastruct ingest builtin` + `xastruct ingest xdi FILES` + `xastruct screen --task inverse "
          "--where \"spectra.structure_id IS NULL\"` in a scratch DuckDB store, read from `latest_predictions`. "
          "Truth: the compound's crystal structure (literature cell, built with pymatgen: "

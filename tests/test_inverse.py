@@ -657,6 +657,14 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     assert (len(est.estimators_), est.min_samples_leaf) == (25, 3)
     hp = newest.config["hyperparameters"]
     assert (hp["n_estimators"], hp["rf_min_samples_leaf"]) == (25, 3)
+    # the neighbour forest's own default (TASK_HP: leaves of >= 3 rows), the CN forest's stays 1
+    r = CliRunner().invoke(train, ["inverse", "--task", "neighbor", "--arch", "rf", "--all", "--universal", "--seeds", "1",
+                                   "--device", "cpu", "--min-sites", "10", "--db", url, "--models-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    nb = max(registry.list_models(eng, task="neighbor"), key=lambda e: e.id)
+    assert nb.config["hyperparameters"]["rf_min_samples_leaf"] == 3
+    assert inv.load_member(nb.member_dirs()[0], device="cpu").estimator.min_samples_leaf == 3
+    assert inv.task_hp("cn")["rf_min_samples_leaf"] == 1
     n_models = len(registry.list_models(eng, task="cn"))
     for bad, msg in (('{"sigma": [0, 1]}', "unknown augmentation parameter 'sigma'"), ('{"e0_ev": [5, -5]}', "low 5.0 > high"),
                      ("sigma2=1", "not JSON")):

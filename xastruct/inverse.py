@@ -1199,8 +1199,10 @@ DEFAULT_HP = {
     "mnnd_likelihood": "gaussian",  # the MNND variance head's training NLL: "gaussian" or "laplace"
 }
 #: per-task overrides of DEFAULT_HP. The MNND regressor, stopped on its val MAE, still improves
-#: after 500 epochs on Cu (benchmarks/bench_mnnd_errors.py)
-TASK_HP = {"mnnd": {"epochs": 1000, "patience": 100}}
+#: after 500 epochs on Cu (benchmarks/bench_mnnd_errors.py). The neighbour forest stores a value per
+#: class (~80 for all absorbers) in every node: leaves of >= 3 rows halve its nodes and load time at
+#: the same validation scores (benchmarks/bench_forest_size.py); the CN forest lost accuracy that way.
+TASK_HP = {"mnnd": {"epochs": 1000, "patience": 100}, "neighbor": {"rf_min_samples_leaf": 3}}
 
 
 def task_hp(task: str, hp: dict | None = None) -> dict:

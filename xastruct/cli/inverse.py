@@ -98,7 +98,7 @@ def _results_table(task: str, results: list) -> Table:
               help=f"Trees per random forest (--arch rf) [default: {inv.DEFAULT_HP['n_estimators']}].")
 @click.option("--rf-min-samples-leaf", default=None, type=click.IntRange(1, None),
               help="Fewest training rows in a forest leaf (--arch rf; larger = smaller, faster forests) "
-                   f"[default: {inv.DEFAULT_HP['rf_min_samples_leaf']}].")
+                   f"[default: {inv.DEFAULT_HP['rf_min_samples_leaf']}, neighbor {inv.TASK_HP['neighbor']['rf_min_samples_leaf']}].")
 @click.option("--min-sites", default=20, show_default=True, type=int,
               help="Skip (element, edge) pairs with fewer usable examples.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
