@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from xastruct import feff
 from xastruct import inverse as inv
 from xastruct import registry, store
 from xastruct.errors import InputError
@@ -578,7 +579,10 @@ def test_augment_exafs_perturbs_copies_like_a_measurement():
                       mnnd=np.linspace(1.9, 2.6, n), neighbor=np.array(["O"] * n),
                       xanes=np.full((n, len(inv.XANES_GRID)), np.nan), exafs=chi * k**2, keys=[[]] * n)
     t.exafs[0] = np.nan  # a row without EXAFS is not copied
-    aug = inv.augment_exafs(t, 3, seed=1)
+    # fixed ranges (the defaults follow fits to measured scans and may move; the bounds below are theirs)
+    ranges = {"amplitude": (0.6, 1.2), "sigma2": (0.0, 0.006), "sigma2_per_A": (0.0, 0.004), "e0_ev": (-15.0, 5.0),
+              "noise_k12": (0.0, 0.3)}
+    aug = inv.augment_exafs(t, 3, seed=1, ranges=ranges)
     assert len(aug) == n + 3 * (n - 1) and aug.has_exafs.sum() == 4 * (n - 1)
     np.testing.assert_array_equal(aug.mnnd[n:], np.tile(t.mnnd[1:], 3))  # labels unchanged
     np.testing.assert_array_equal(aug.exafs[:n][1:], t.exafs[1:])  # originals untouched
@@ -592,6 +596,11 @@ def test_augment_exafs_perturbs_copies_like_a_measurement():
     ratio = np.abs(copies).max(axis=2) / np.abs(t.exafs[1:]).max(axis=1)
     assert (ratio < 1.25).all() and (ratio > 0.3).all()
     assert inv.augment_exafs(t, 0, seed=1) is t
+    # the default ranges may sharpen the first shell (10 K scans), but never below zero total disorder:
+    # FEFF's one SIG2 plus the most negative extra stays >= 0
+    assert inv.AUGMENT["sigma2"][0] + feff.DEFAULT_PARAMS[("feff8l", "EXAFS")]["sig2"] >= 0
+    d = inv.augment_exafs(t, 3, seed=1)  # the defaults run and copy every EXAFS row
+    assert len(d) == len(aug) and np.isfinite(d.exafs[n:]).all()
 
 
 def test_shell_damping_damps_far_shells_more_and_nothing_at_zero():
