@@ -239,9 +239,11 @@ def _task_notes(p: dict) -> list[str]:
 
 
 def _print_many(results: list[dict]) -> None:
-    tbl = Table(title=f"{len(results)} files")
-    for c in ("file", "input", "CN (p)", "MNND (A) ± 1 sigma", "neighbour (p)", "notes"):
-        tbl.add_column(c)
+    tbl = Table(title=f"{len(results)} files", caption="per-file reading notes (E0, EXAFS reach): --json")
+    tbl.add_column("file", overflow="fold")
+    for c in ("input", "CN (p)", "MNND (A) ± 1 sigma", "neighbour (p)"):
+        tbl.add_column(c, no_wrap=True)
+    tbl.add_column("problems", overflow="fold")
     names = [Path(r["file"]).name for r in results]
     if len(set(names)) < len(names):  # the same name in two folders: the paths tell them apart
         names = [str(r["file"]) for r in results]
@@ -256,7 +258,7 @@ def _print_many(results: list[dict]) -> None:
             f"{p['cn']['value']} ({p['cn']['probability']:.2f})" if ok("cn") else "-",
             f"{p['mnnd']['value']:.3f} ± {p['mnnd']['sigma']:.3f}" if ok("mnnd") else "-",
             f"{p['neighbor']['label']} ({p['neighbor']['probability']:.2f})" if ok("neighbor") else "-",
-            "; ".join(_task_notes(p) + list(res["notes"])))
+            "; ".join(_task_notes(p)))
     out.print(tbl)
 
 
