@@ -382,9 +382,13 @@ def test_predict_structure_several_files_one_row_each(trained, tmp_path):
         one = inv.predict_structure(eng, f, element="Cu", device="cpu")["predictions"]
         assert row["predictions"]["mnnd"]["value"] == pytest.approx(one["mnnd"]["value"])
         assert row["predictions"]["cn"]["value"] == one["cn"]["value"]
-    r = CliRunner().invoke(predict, [*args[:3], short, *args[3:]])
+    r = CliRunner().invoke(predict, [*args[:3], short, *args[3:], "--json"])
     assert r.exit_code == 1
-    assert "scan0.dat" in r.output and "scan1.dat" in r.output and "too short" in r.output
+    rows = json.loads(r.stdout)
+    assert [row["file"] for row in rows] == [files[0], files[1], short]
+    assert "too short" in rows[2]["error"] and "predictions" in rows[0]
+    r = CliRunner().invoke(predict, [*args[:3], short, *args[3:]])  # the table: a row each, exit status 1
+    assert r.exit_code == 1 and "3 files" in r.output and "MNND" in r.output
     r = CliRunner().invoke(predict, [*args, "--exafs", files[0]])
     assert r.exit_code == 2 and "single SPECTRUM_FILE" in r.output
 
