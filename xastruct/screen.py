@@ -348,7 +348,7 @@ class _Inputs:
             rows = [i for i, e in enumerate(self.exafs) if e is not None]
             self._chir = np.full((len(self.exafs), len(R_GRID)), np.nan)
             if rows:
-                self._chir[rows] = chir_magnitude(np.stack([self.exafs[i] for i in rows]))
+                self._chir[rows] = chir_magnitude(self.arrays()["exafs"][rows])
         return self._chir
 
 
@@ -508,12 +508,13 @@ def _closed_loop_inputs(engine, elements, reasons: Counter) -> _Inputs:
 
 def _probability_json(p: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Per row, ``json.dumps({class: p for the nonzero p}, sort_keys=True)``, built from the nonzero
-    entries of the whole matrix at once (a universal forest has ~80 classes, a row ~5 nonzero; the
+    entries of the whole matrix at once (a universal forest has ~80 classes, a row ~20 nonzero; the
     per-row dict + encoder was a tenth of the inverse screen's time). Same text as json.dumps."""
     order = sorted(range(len(classes)), key=lambda j: classes[j])
     keys = [json.dumps(classes[j]) + ": " for j in order]
-    rows, cols = np.nonzero(p[:, order])
-    vals = p[:, order][rows, cols].tolist()  # Python floats: repr() is the JSON number json.dumps writes
+    q = p[:, order]
+    rows, cols = np.nonzero(q)
+    vals = q[rows, cols].tolist()  # Python floats: repr() is the JSON number json.dumps writes
     items = [keys[c] + repr(v) for c, v in zip(cols.tolist(), vals)]
     ends = np.searchsorted(rows, np.arange(1, len(p) + 1)).tolist()
     out, start = [], 0
