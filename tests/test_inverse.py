@@ -787,3 +787,43 @@ def test_load_member_is_reused_until_the_artifact_changes(tmp_path):
     inv.SklearnMember(estimator=RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)).save(d)
     b = inv.load_member(d, device="cpu")
     assert b is not a and len(b.estimator.estimators_) == 5
+
+
+def test_xanes_features_rows_equal_per_row_function():
+    """The vectorized XANES featurization (screen's FEFF rows) gives xanes_features' E0 and features
+    row for row, and refuses exactly the rows the per-row function refuses (or cannot vouch for)."""
+    rng = np.random.default_rng(5)
+    rows, want = [], []
+    for j in range(40):
+        e = np.sort(rng.uniform(8940.0, 9100.0, rng.integers(80, 300)))
+        e = np.unique(e)
+        edge = rng.uniform(8970.0, 9010.0)
+        mu = 0.5 + np.arctan((e - edge) / rng.uniform(0.5, 3.0)) / np.pi + rng.normal(0, 0.02, e.size)
+        if j % 5 == 1:  # a pre-edge peak above half the step
+            mu += 0.6 * np.exp(-0.5 * ((e - edge + 12.0) / 0.8) ** 2)
+        if j % 7 == 2:  # a dip below 0.5 right after the first crossing: E0 moves to the later one
+            mu[(e > edge + 1.0) & (e < edge + 2.5)] = 0.3
+        rows.append((e, mu))
+    e = np.arange(8950.0, 9100.0, 0.25)
+    mu = 0.5 + np.arctan((e - 8990.0) / 1.0) / np.pi
+    rows += [(e[e < 9020], mu[e < 9020]),  # too short above the edge
+             (e[e > 8990.5], mu[e > 8990.5]),  # starts above the edge
+             (e, 0.1 * np.ones_like(e)),  # no edge
+             (e[:2], mu[:2]),  # too few points
+             (e[::-1].copy(), mu[::-1].copy())]  # decreasing energies: left to the per-row path
+    bad = mu.copy()
+    bad[100] = np.nan
+    rows.append((e, bad))
+    for e_, m_ in rows:
+        try:
+            want.append(inv.xanes_features(e_, m_))
+        except InputError:
+            want.append(None)
+    offsets = np.concatenate([[0], np.cumsum([len(r[0]) for r in rows])])
+    ok, feats = inv.xanes_features_rows(offsets, np.concatenate([r[0] for r in rows]),
+                                        np.concatenate([r[1] for r in rows]))
+    assert ok.tolist()[:40] == [w is not None for w in want[:40]] and not ok[40:].any()
+    assert ok.sum() >= 30  # the synthetic rows mostly pass
+    for f, w in zip(feats, [w for w, o in zip(want, ok) if o]):
+        np.testing.assert_allclose(f, w[0], rtol=0, atol=1e-8)
+    assert inv.xanes_features_rows(np.array([0]), np.zeros(0), np.zeros(0))[1].shape == (0, len(inv.XANES_GRID))

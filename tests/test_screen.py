@@ -294,3 +294,29 @@ def test_probability_json_is_json_dumps_of_the_nonzero_classes():
     got = _probability_json(p, classes)
     assert got == want and got[7] == "{}"
     assert all(json.loads(g) == json.loads(w) for g, w in zip(got, want))
+    # every 4-decimal value (the table path) and unrounded values (the repr path) alike
+    every = (np.arange(10_001) / 1e4).reshape(-1, 1)
+    assert _probability_json(every, ["Cu"]) == [json.dumps({"Cu": v}) if v else "{}" for v in every[:, 0].tolist()]
+    raw = rng.dirichlet(np.ones(len(classes)), size=5)
+    assert _probability_json(raw, classes) == [json.dumps(dict(zip(classes, r)), sort_keys=True) for r in raw.tolist()]
+
+
+def test_batched_xanes_features_equal_per_row_path():
+    # screen featurizes calculated mu(E) rows in one pass; measured scans and NULL rows go row by row
+    import pyarrow as pa
+
+    e = np.arange(8950.0, 9100.0, 0.5)
+    rows = []
+    for i, (edge, source, normalized) in enumerate([(8990.0, "feff10", True), (8985.0, "mp", True),
+                                                    (8992.0, "xdi", True), (8990.0, "feff10", False)]):
+        mu = list(0.5 + np.arctan((e - edge) / 1.5) / np.pi)
+        rows.append(dict(id=i, source=source, normalized=normalized, energies=list(e), mu=mu))
+    rows.append(dict(id=9, source="feff8l", normalized=True, energies=None, mu=None))
+    tbl = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("id", pa.int64()), ("source", pa.string()), ("normalized", pa.bool_()),
+        ("energies", pa.list_(pa.float64())), ("mu", pa.list_(pa.float64()))]))
+    got = scr._batch_xanes(tbl)
+    assert sorted(got) == [0, 1]
+    for i in got:
+        want, _ = inv.xanes_features(np.asarray(rows[i]["energies"]), np.asarray(rows[i]["mu"]))
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-8)

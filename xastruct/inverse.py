@@ -228,6 +228,57 @@ def xanes_features(energies, mu_norm, *, e0: float | None = None, source: str = 
     return np.interp(XANES_GRID, rel, m), float(e0)
 
 
+def xanes_features_rows(offsets: np.ndarray, energies: np.ndarray, mu_norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`xanes_features` of many rows laid end to end (row r = values[offsets[r]:offsets[r+1]])
+    in vectorized passes -- a screen featurizes tens of thousands of FEFF XANES at once. Same E0 rule
+    and range checks; only rows with >= 3 finite points and strictly increasing energies are taken.
+    Returns (ok mask, (n_ok, len(XANES_GRID)) features); a row not ok is left to the per-row
+    function, whose error names the problem."""
+    from .match import resample_rows
+
+    offsets = np.asarray(offsets, dtype=np.int64)
+    e, m = np.asarray(energies, float), np.asarray(mu_norm, float)
+    n, lengths = len(offsets) - 1, np.diff(offsets)
+    ok = lengths >= 3
+    if n == 0 or not ok.any():
+        return ok, np.zeros((0, XANES_GRID.size))
+    row_of = np.repeat(np.arange(n), lengths)
+    start = np.zeros(len(e), bool)
+    start[offsets[:-1][lengths > 0]] = True
+    step_up = np.ones(len(e), bool)
+    step_up[1:] = np.diff(e) > 0
+    bad = ~(np.isfinite(e) & np.isfinite(m)) | ~(step_up | start)
+    ok &= np.bincount(row_of, weights=bad.astype(float), minlength=n) == 0
+    # half-step E0 (half_step_e0's rule): the first upward crossing of 0.5 after which mu stays
+    # >= 0.5 for HOLD_EV; with increasing energies, "stays" = the next point below 0.5 in the row
+    # (if any) lies more than HOLD_EV above the crossing
+    above = m >= 0.5
+    cross = np.zeros(len(e), bool)
+    cross[1:] = ~above[:-1] & above[1:]
+    cross &= ~start
+    below_idx = np.where(above, len(e), np.arange(len(e)))
+    next_below = np.minimum.accumulate(below_idx[::-1])[::-1]
+    row_end = offsets[1:][row_of]
+    held = (next_below >= row_end) | (e[np.minimum(next_below, len(e) - 1)] > e + HOLD_EV)
+    cand = np.flatnonzero(cross & held)
+    rows_c, first = np.unique(row_of[cand], return_index=True)
+    i = cand[first]
+    e0 = np.full(n, np.nan)
+    e0[rows_c] = e[i - 1] + (0.5 - m[i - 1]) / (m[i] - m[i - 1]) * (e[i] - e[i - 1])
+    ok &= np.isfinite(e0)
+    lo = e[np.minimum(offsets[:-1], len(e) - 1)] - e0
+    hi = e[np.maximum(offsets[1:] - 1, 0)] - e0
+    ok &= (hi >= XANES_GRID[-1] - GRID_TOL_EV) & (lo <= XANES_GRID[0] + MAX_CLAMP_BELOW_EV)
+    if not ok.any():
+        return ok, np.zeros((0, XANES_GRID.size))
+    rel = e - np.where(ok, e0, 0.0)[row_of]
+    sel = ok[row_of]
+    sub_offsets = np.concatenate([[0], np.cumsum(lengths[ok])])
+    # the range checks are done above (with their own tolerances): resample every ok row
+    _, feats = resample_rows(sub_offsets, rel[sel], m[sel], XANES_GRID, np.inf, dtype=float)
+    return ok, feats
+
+
 def exafs_features(k, chi, *, source: str = "spectrum") -> np.ndarray:
     """k^2 chi(k) on :data:`EXAFS_GRID`."""
     k = np.asarray(k, float)

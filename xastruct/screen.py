@@ -17,6 +17,7 @@ so a killed screen leaves complete batches only and a rerun finishes the rest.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter, defaultdict
@@ -151,10 +152,15 @@ def _references(conn, site_ids: Sequence[int], edge: str, kind: str) -> dict[int
     """Newest stored spectrum per site for (edge, kind)."""
     if not site_ids:
         return {}
-    cols = [spectra_t.c.id, spectra_t.c.site_id, spectra_t.c.e0]
-    cols += [spectra_t.c.energies, spectra_t.c.mu] if kind == "XANES" else [spectra_t.c.k, spectra_t.c.chi]
-    q = (sa.select(*cols).where(spectra_t.c.site_id.in_([int(s) for s in site_ids]), spectra_t.c.edge == edge,
-                                spectra_t.c.kind == kind).order_by(spectra_t.c.id))
+    sp = spectra_t.c
+    # ids first, then the arrays of the chosen rows by id: DuckDB filtering on site_id while reading
+    # the list columns took 3-4x longer (a tenth of a forward screen)
+    newest = dict(conn.execute(sa.select(sp.site_id, sa.func.max(sp.id)).where(
+        sp.site_id.in_([int(s) for s in site_ids]), sp.edge == edge, sp.kind == kind).group_by(sp.site_id)).all())
+    if not newest:
+        return {}
+    cols = [sp.id, sp.site_id, sp.e0] + ([sp.energies, sp.mu] if kind == "XANES" else [sp.k, sp.chi])
+    q = sa.select(*cols).where(sp.id.in_(list(newest.values())))
     return {r["site_id"]: r for r in store.arrow_rows(store.fetch_arrow(conn, q))}
 
 
@@ -426,6 +432,30 @@ def _batch_exafs(tbl) -> dict[int, np.ndarray]:
     return out
 
 
+def _batch_xanes(tbl) -> dict[int, np.ndarray]:
+    """Row index -> XANES features of the calculated (FEFF / MP) normalized mu(E) rows, in vectorized
+    passes (inverse.xanes_features_rows); measured scans, whose chi(k) is extracted row by row, and
+    rows it cannot take are left to the per-row path."""
+    from .inverse import xanes_features_rows
+
+    if tbl.num_rows == 0:
+        return {}
+    eo, e, enull = store.list_column(tbl, "energies", allow_null=True)
+    mo, mu, mnull = store.list_column(tbl, "mu", allow_null=True)
+    calc = np.array([is_calculated(s) for s in tbl.column("source").to_pylist()], dtype=bool)
+    norm = np.array([bool(v) for v in tbl.column("normalized").to_pylist()], dtype=bool)
+    use = calc & norm & ~enull & ~mnull & (np.diff(eo) == np.diff(mo))
+    rows = np.flatnonzero(use)
+    if not len(rows):
+        return {}
+    lengths = np.diff(eo)[rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    take = np.repeat(eo[rows], lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
+    take_mu = np.repeat(mo[rows], lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
+    ok, feats = xanes_features_rows(offsets, e[take], mu[take_mu])
+    return dict(zip(rows[ok].tolist(), feats))
+
+
 # the tables an inverse --where filter may use (sites/structures are NULL for measured spectra)
 _INVERSE_FROM = (spectra_t.outerjoin(structures_t, structures_t.c.id == spectra_t.c.structure_id)
                  .outerjoin(sites_t, sites_t.c.id == spectra_t.c.site_id))
@@ -449,13 +479,19 @@ def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) 
          .where(spectra_t.c.absorber.in_(list(elements))).order_by(spectra_t.c.id))
     with engine.connect() as conn:
         tbl = store.fetch_arrow(conn, _where(q, where))
-    rows = store.arrow_rows(tbl)
-    batch = _batch_exafs(tbl)  # FEFF chi(k) rows resampled all at once; the rest row by row
+    # FEFF chi(k) and FEFF mu(E) rows featurized all at once; the rest (measured scans, rows a batch
+    # cannot take) row by row, as dicts only for those rows
+    batch_e, batch_x = _batch_exafs(tbl), _batch_xanes(tbl)
+    rest = [i for i in range(tbl.num_rows) if i not in batch_e and i not in batch_x]
+    rest_rows = dict(zip(rest, store.arrow_rows(tbl.take(rest)))) if rest else {}
+    meta = {c: tbl.column(c).to_pylist() for c in ("id", "absorber", "edge", "source", "structure_id", "site_id")}
+    rows = [dict(zip(meta, vals)) for vals in zip(*meta.values())]
     inp = _Inputs(ref=[], element=[], edge=[], kind=[], measured=[], structure_id=[], site_id=[], xanes=[], exafs=[])
     with _progress(progress_factory, len(rows), "featurize spectra") as advance:
         for i, r in enumerate(rows):
             try:
-                xf, ef = (None, batch[i]) if i in batch else _featurize_spectrum(r)
+                xf, ef = ((None, batch_e[i]) if i in batch_e else (batch_x[i], None) if i in batch_x
+                          else _featurize_spectrum(rest_rows[i]))
             except InputError as exc:
                 reasons[f"spectrum not usable: {exc.problem}"] += 1
                 advance(1)
@@ -506,6 +542,11 @@ def _closed_loop_inputs(engine, elements, reasons: Counter) -> _Inputs:
     return inp
 
 
+@functools.lru_cache(maxsize=1)
+def _rounded_reprs() -> list[str]:
+    return [repr(k / 1e4) for k in range(10_001)]
+
+
 def _probability_json(p: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Per row, ``json.dumps({class: p for the nonzero p}, sort_keys=True)``, built from the nonzero
     entries of the whole matrix at once (a universal forest has ~80 classes, a row ~20 nonzero; the
@@ -514,8 +555,15 @@ def _probability_json(p: np.ndarray, classes: Sequence[str]) -> list[str]:
     keys = [json.dumps(classes[j]) + ": " for j in order]
     q = p[:, order]
     rows, cols = np.nonzero(q)
-    vals = q[rows, cols].tolist()  # Python floats: repr() is the JSON number json.dumps writes
-    items = [keys[c] + repr(v) for c, v in zip(cols.tolist(), vals)]
+    vals = q[rows, cols]
+    # probabilities rounded to 4 decimals are k / 1e4 (np.round: rint(p * 1e4) / 1e4): their JSON
+    # text comes from a table of the 10,001 values instead of one repr() per entry
+    steps = np.rint(vals * 1e4)
+    if len(vals) and steps.min() >= 0 and steps.max() <= 10_000 and np.array_equal(steps / 1e4, vals):
+        table = _rounded_reprs()
+        items = [keys[c] + table[k] for c, k in zip(cols.tolist(), steps.astype(np.int64).tolist())]
+    else:  # not rounded to 4 decimals: repr() is the JSON number json.dumps writes
+        items = [keys[c] + repr(v) for c, v in zip(cols.tolist(), vals.tolist())]
     ends = np.searchsorted(rows, np.arange(1, len(p) + 1)).tolist()
     out, start = [], 0
     for end in ends:
