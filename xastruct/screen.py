@@ -450,9 +450,9 @@ def _batch_xanes(tbl) -> dict[int, np.ndarray]:
         return {}
     lengths = np.diff(eo)[rows]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    take = np.repeat(eo[rows], lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
-    take_mu = np.repeat(mo[rows], lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
-    ok, feats = xanes_features_rows(offsets, e[take], mu[take_mu])
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)  # position inside each row
+    ok, feats = xanes_features_rows(offsets, e[np.repeat(eo[rows], lengths) + within],
+                                    mu[np.repeat(mo[rows], lengths) + within])
     return dict(zip(rows[ok].tolist(), feats))
 
 
