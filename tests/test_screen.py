@@ -320,3 +320,29 @@ def test_batched_xanes_features_equal_per_row_path():
     for i in got:
         want, _ = inv.xanes_features(np.asarray(rows[i]["energies"]), np.asarray(rows[i]["mu"]))
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-8)
+
+
+def test_references_pick_the_newest_spectrum_per_site(duck):
+    # the forward screen compares each prediction with the site's newest stored spectrum of that kind
+    _url, eng, _tmp = duck
+    with eng.connect() as c:
+        site_id, old = c.execute(sa.text("SELECT site_id, max(id) FROM spectra WHERE kind = 'EXAFS' AND site_id IS NOT "
+                                         "NULL GROUP BY site_id ORDER BY site_id LIMIT 1")).one()
+    cols = ("absorber, edge, kind, source, energies, mu, mu_raw, k, chi, e0, edge_step, normalized, structure_id, "
+            "site_id, provenance")
+    with eng.begin() as c:
+        c.execute(sa.text(f"INSERT INTO spectra (key, {cols}) SELECT key || '-newer', {cols} FROM spectra WHERE id = :i"),
+                  {"i": old})
+    try:
+        with eng.connect() as c:
+            newest = c.execute(sa.text("SELECT max(id) FROM spectra WHERE site_id = :s AND kind = 'EXAFS'"),
+                               {"s": site_id}).scalar()
+            refs = scr._references(c, [site_id, site_id, 10**9], "K", "EXAFS")
+            xanes = scr._references(c, [site_id], "K", "XANES")  # the other kind: its own arrays
+            assert scr._references(c, [], "K", "EXAFS") == {} and scr._references(c, [site_id], "L3", "EXAFS") == {}
+        assert all(len(r["energies"]) == len(r["mu"]) > 0 and "k" not in r for r in xanes.values())
+        assert newest > old and set(refs) == {site_id} and refs[site_id]["id"] == newest
+        assert len(refs[site_id]["k"]) == len(refs[site_id]["chi"]) > 0
+    finally:
+        with eng.begin() as c:
+            c.execute(sa.text("DELETE FROM spectra WHERE key LIKE '%-newer'"))
