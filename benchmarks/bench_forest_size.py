@@ -7,7 +7,9 @@ other forest options (e.g. `xastruct train inverse ... --rf-min-samples-leaf 3`)
 Per forest: artifact size, tree nodes, load time (joblib, uncached), predict_proba time on --rows
 rows of the store's labelled spectra (the model's own input design, rows repeated to that count;
 n_jobs = all cores, as load_member sets it), and the registry metrics on the held-out validation
-and test materials (accuracy / macro-F1, overall). The forests' load + predict time is most of an
+and test materials (accuracy / macro-F1, overall). Where the member has a forest.npz (what
+prediction loads, xastruct/forest.py), the same for it, the resident memory each form adds when
+loaded in a fresh process, and the largest difference between the two forms' probabilities. The forests' load + predict time is most of an
 inverse screen call (benchmarks/bench_screen.py). Choose on validation; test is for information.
 Writes benchmarks/results/forest_size.md.
 """
@@ -37,6 +39,24 @@ def forests(models_dir: Path) -> dict[str, tuple[dict, Path]]:
     return out
 
 
+def rss_growth_mb(member: Path, form: str) -> float:
+    """Resident memory (MB) loading one form of a member adds, in a fresh process (allocator state
+    of this one would blur it)."""
+    import subprocess
+
+    load = ("import joblib; m = joblib.load(d / 'model.joblib')" if form == "joblib" else
+            "from xastruct.forest import CompactForest; m = CompactForest.load(d / 'forest.npz')")
+    code = ("import sys; from pathlib import Path; import numpy, scipy.sparse, sklearn.ensemble, joblib\n"
+            f"sys.path.insert(0, {str(ROOT)!r}); import xastruct.forest\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 / 1e6\n"
+            f"d = Path({str(member)!r}); r0 = rss()\n{load}\nprint(rss() - r0)")
+    try:
+        return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout.split()[-1])
+    except (subprocess.CalledProcessError, ValueError, IndexError, FileNotFoundError):
+        return float("nan")  # e.g. no /proc: the column says nan
+
+
 def metric(m: dict, split: str) -> str:
     t = m["metrics"].get(split, {}).get("overall")
     return f"{t['accuracy'][0]:.3f} / {t['macro_f1'][0]:.3f}" if t else "-"
@@ -56,6 +76,7 @@ def main() -> None:
 
     from xastruct import inverse as inv
     from xastruct import store
+    from xastruct.forest import FILE, CompactForest, digest
 
     data = inv.load_sites(store.get_engine(args.db))
     reps = int(np.ceil(args.rows / len(data)))
@@ -65,8 +86,9 @@ def main() -> None:
              f"{os.getloadavg()[0]:.1f}); predict = predict_proba on {args.rows} rows (the store's {len(data)} labelled "
              "sites repeated), n_jobs = all cores. Metrics: accuracy / macro-F1 on the held-out validation and test "
              "materials (registry, split by reduced formula, seed 0).", "",
-             "| model | forest | min_samples_leaf | MB on disk | nodes | load s | predict s | val acc / F1 | test acc / F1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | forest | min_samples_leaf | MB on disk | nodes | load s | predict s | memory MB | "
+             "compact: MB on disk | load s | predict s | memory MB | max prob diff | val acc / F1 | test acc / F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec in args.models:
         label, _, d = spec.partition("=")
         for name, (meta, member) in forests(Path(d)).items():
@@ -78,12 +100,26 @@ def main() -> None:
             X = inv._rf_design(data, inv.VARIANT_OF[meta["kind"]], cfg.get("input_norm"))
             X = np.tile(X, (reps, 1))[: args.rows]
             t = time.perf_counter()
-            est.predict_proba(X)
+            p_full = est.predict_proba(X)
             pred = time.perf_counter() - t
             nodes = sum(e.tree_.node_count for e in est.estimators_)
             mb = (member / inv.SKLEARN_FILE).stat().st_size / 1e6
             leaf = cfg["hyperparameters"].get("rf_min_samples_leaf")
+            compact = "- | - | - | - | -"
+            if (member / FILE).is_file():
+                t = time.perf_counter()
+                cf = CompactForest.load(member / FILE, source=digest(member / inv.SKLEARN_FILE))
+                c_load = time.perf_counter() - t
+                if cf is None:
+                    compact = "stale | - | - | - | -"
+                else:
+                    t = time.perf_counter()
+                    p_c = cf.predict_proba(X)
+                    c_pred = time.perf_counter() - t
+                    compact = (f"{(member / FILE).stat().st_size / 1e6:.1f} | {c_load:.2f} | {c_pred:.2f} | "
+                               f"{rss_growth_mb(member, 'compact'):.0f} | {np.abs(p_c - p_full).max():.1e}")
             lines.append(f"| {name} | {label} | {leaf} | {mb:.1f} | {nodes:,} | {load:.2f} | {pred:.2f} | "
+                         f"{rss_growth_mb(member, 'joblib'):.0f} | {compact} | "
                          f"{metric(meta, 'val')} | {metric(meta, 'test')} |")
             print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -726,19 +726,41 @@ SKLEARN_FILE = "model.joblib"
 
 
 class SklearnMember:
-    """A fitted scikit-learn estimator with ``save(dir)`` (joblib) for :func:`registry.register`."""
+    """A fitted scikit-learn estimator with ``save(dir)`` (joblib) for :func:`registry.register`.
 
-    def __init__(self, *, estimator):
-        self.estimator = estimator
+    Loaded from an artifact, a forest predicts through its :class:`forest.CompactForest` (``predictor``)
+    and the full estimator is read from model.joblib only if asked for (``estimator``)."""
+
+    def __init__(self, *, estimator=None, path=None, predictor=None):
+        self._estimator, self.path, self._predictor = estimator, path, predictor
+
+    @property
+    def estimator(self):
+        if self._estimator is None:
+            import joblib
+
+            self._estimator = joblib.load(Path(self.path) / SKLEARN_FILE)
+            if hasattr(self._estimator, "n_jobs"):
+                # trained with n_jobs=1 (reproducible timings); predicting, the trees run on every core
+                self._estimator.n_jobs = os.cpu_count() or 1
+        return self._estimator
+
+    @property
+    def predictor(self):
+        """What predicts: the compact forest when there is one, else the estimator."""
+        return self._predictor if self._predictor is not None else self.estimator
 
     def save(self, directory) -> Path:
         import joblib
 
+        from .forest import write_beside
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         # lz4 level 9: as small as zlib (a 200-tree forest is ~340 MB raw, 18 MB either way) but it
-        # loads ~4x faster, which is most of a screen call's fixed cost; joblib.load reads both
+        # loads ~4x faster; joblib.load reads both
         joblib.dump(self.estimator, d / SKLEARN_FILE, compress=("lz4", 9))
+        write_beside(d / SKLEARN_FILE, self.estimator)  # what prediction loads (a forest: seconds faster)
         (d / "config.json").write_text(json.dumps({"class": type(self.estimator).__name__,
                                                    "format": "joblib"}) + "\n")
         return d
@@ -758,15 +780,18 @@ def load_member(directory, *, device: str | None = "auto"):
 def _load_member_cached(directory: str, device: str | None, stamp: tuple):
     """Loader behind :func:`load_member` (*stamp*: the directory's file names, mtimes and sizes, so an
     artifact rewritten in place is read again)."""
+    from .forest import FILE, CompactForest, digest
+
     d = Path(directory)
     if (d / SKLEARN_FILE).is_file():
-        import joblib
-
-        est = joblib.load(d / SKLEARN_FILE)
-        if hasattr(est, "n_jobs"):
-            # trained with n_jobs=1 (reproducible timings); predicting, the trees run on every core
-            est.n_jobs = os.cpu_count() or 1
-        return SklearnMember(estimator=est)
+        compact = None
+        if (d / FILE).is_file():
+            # None when the forest file was made from another model.joblib (then the joblib is read)
+            compact = CompactForest.load(d / FILE, source=digest(d / SKLEARN_FILE))
+        member = SklearnMember(path=d, predictor=compact)
+        if compact is None:
+            _ = member.estimator  # read now, so a broken file fails here, at load time
+        return member
     from .models import load_model
 
     return load_model(d, device=device)
@@ -1076,7 +1101,7 @@ def _predict_classifier(member, data: SiteTable, features: str, classes: list[st
     if len(data) == 0:
         return np.zeros((0, len(classes)))
     if isinstance(member, SklearnMember):
-        est = member.estimator
+        est = member.predictor
         p = est.predict_proba(_rf_design(data, features, norm))
         out = np.zeros((len(data), len(classes)))
         col = {str(c): i for i, c in enumerate(classes)}
@@ -1139,7 +1164,9 @@ def _predict_mnnd(member, data: SiteTable, features: str, norm: dict) -> tuple[n
         return np.zeros(0), np.zeros(0)
     if isinstance(member, SklearnMember):
         X = _rf_design(data, features, norm)
-        trees = np.stack([t.predict(X) for t in member.estimator.estimators_])
+        est = member.predictor
+        trees = est.tree_predictions(X) if hasattr(est, "tree_predictions") else \
+            np.stack([t.predict(X) for t in est.estimators_])
         return trees.mean(axis=0), trees.var(axis=0)
     import torch
 
