@@ -9,7 +9,8 @@ then for every (element, edge, kind, source) that `xastruct train forward --all`
 train/val/test 0.8/0.1/0.1, StructureMatcher twins together) and reports the held-out test MAE of
 the spectrum on the model grid (mean +/- std over seeds) and, per arch, the mean over datasets and
 how often it beats the training-mean spectrum. Resumable: finished (dataset, arch) cells are read
-back from results/forward_default.jsonl. Writes benchmarks/results/forward_default.md.
+back from results/forward_default.jsonl when they were measured on the same spectra (data fingerprint;
+cells of an older dataset are rerun). Writes benchmarks/results/forward_default.md.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ def main() -> None:
     spec = dict(zip(archs, _variants(args.archs)))
     t_all = time.perf_counter()
     for i, d in enumerate(datasets, 1):
-        data = None
+        data = train.load_forward_data(eng, element=d["element"], edge=d["edge"], kind=d["kind"], source=d["source"])
+        fp = data.fingerprint()
         for arch in archs:
             key = (d["element"], d["edge"], d["kind"], arch)
-            if key in done:
+            # a cell counts only on the data it was measured on (the dataset grows between sessions)
+            if key in done and done[key].get("data") == fp:
                 continue
-            if data is None:
-                data = train.load_forward_data(eng, element=d["element"], edge=d["edge"], kind=d["kind"],
-                                               source=d["source"])
+            done.pop(key, None)
             base_arch, dropout, pool, _finetune = spec[arch]
             cfg = train.TrainConfig(arch=base_arch, seeds=args.seeds, device="cpu", num_threads=args.threads,
                                     dropout=dropout, pool=pool)
@@ -65,7 +66,8 @@ def main() -> None:
             te = res.metrics["summary"]["test"]
             r = {"element": d["element"], "edge": d["edge"], "kind": d["kind"], "arch": arch, "spectra": data.n,
                  "materials": d["materials"], "test_n": te.get("n", 0), "mae": te["mae"]["mean"], "mae_std": te["mae"]["std"],
-                 "cosine": te["cosine"]["mean"], "seconds": round(time.perf_counter() - t, 1), "seeds": args.seeds}
+                 "cosine": te["cosine"]["mean"], "seconds": round(time.perf_counter() - t, 1), "seeds": args.seeds,
+                 "data": fp}
             done[key] = r
             with cache.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")

@@ -47,20 +47,22 @@ def main() -> None:
     torch.set_num_threads(1)
     eng = default_store(args.db)
     cache = RESULTS / "paths_tune.jsonl"
-    done = read_cells(cache, ("variant",))
-    data = None
+    data = train.load_universal_data(eng, kind="EXAFS")
+    # cells count only on the data they were measured on (older cells, before the dataset grew, are rerun)
+    fp = data.fingerprint()
+    done = read_cells(cache, ("variant",), data=fp)
     for v in [x.strip() for x in args.variants.split(",") if x.strip()]:
         if (v,) in done:
             continue
         overrides, seeds = VARIANTS[v]
-        data = data or train.load_universal_data(eng, kind="EXAFS")
         t = time.perf_counter()
         cfg = train.TrainConfig(arch="paths", seeds=seeds, device="cpu", num_threads=1, **overrides)
         res = train.train_forward(eng, element=None, kind="EXAFS", config=cfg, data=data, register=False,
                                   cache_dir=args.cache_dir)
         fits = res.config["fits"]
         r = {"variant": v, "overrides": overrides, "val_mse": [f["best_val_mse"] for f in fits],
-             "best_epoch": [f["best_epoch"] for f in fits], "seconds": round(time.perf_counter() - t, 1)}
+             "best_epoch": [f["best_epoch"] for f in fits], "seconds": round(time.perf_counter() - t, 1),
+             "data": fp}
         with cache.open("a") as fh:
             fh.write(json.dumps(r) + "\n")
         done[(v,)] = r

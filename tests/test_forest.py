@@ -100,3 +100,18 @@ def test_shipped_forests_have_a_current_compact_file():
     for d in forests:
         with np.load(d / fo.FILE) as z:
             assert str(z["source"]) == fo.digest(d / inv.SKLEARN_FILE), d
+
+
+def test_compact_artifacts_writes_missing_or_stale_files_only(tmp_path):
+    """`python -m xastruct.forest DIR`: forest.npz for each forest lacking a current one, once."""
+    import joblib
+
+    X, score = _data(n=200)
+    d = tmp_path / "cn" / "seed0"
+    d.mkdir(parents=True)
+    joblib.dump(RandomForestClassifier(n_estimators=3, random_state=0).fit(X, score > 0), d / inv.SKLEARN_FILE)
+    assert fo.compact_artifacts(tmp_path) == [d / fo.FILE]
+    assert fo.compact_artifacts(tmp_path) == []  # current: left alone
+    joblib.dump(RandomForestClassifier(n_estimators=5, random_state=0).fit(X, score > 1), d / inv.SKLEARN_FILE)
+    assert fo.compact_artifacts(tmp_path) == [d / fo.FILE]  # made from the old joblib: rewritten
+    assert len(fo.CompactForest.load(d / fo.FILE, source=fo.digest(d / inv.SKLEARN_FILE)).trees) == 5
