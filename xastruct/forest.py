@@ -40,9 +40,9 @@ class CompactForest:
     ``leaf_row`` maps a node (over all trees, offset by ``offsets``) to its row in those tables."""
 
     def __init__(self, *, nodes: np.ndarray, offsets: np.ndarray, max_depth: np.ndarray, n_features: int,
-                 leaf_row: np.ndarray, classes: np.ndarray | None = None, leaf_ptr: np.ndarray | None = None, leaf_class: np.ndarray | None = None,
-                 leaf_prob: np.ndarray | None = None, leaf_value: np.ndarray | None = None,
-                 n_jobs: int | None = None):
+                 leaf_row: np.ndarray, classes: np.ndarray | None = None, leaf_ptr: np.ndarray | None = None,
+                 leaf_class: np.ndarray | None = None, leaf_prob: np.ndarray | None = None,
+                 leaf_value: np.ndarray | None = None, n_jobs: int | None = None):
         from sklearn.tree._tree import Tree
 
         self.offsets, self.max_depth = np.asarray(offsets, np.int64), np.asarray(max_depth)
@@ -130,8 +130,9 @@ class CompactForest:
             leaves = self._leaf_rows(X[a:a + self.CHUNK])
             m = len(leaves)
             # sum over trees of each leaf's class fractions = (rows x leaves indicator) @ leaf matrix
-            pick = scipy.sparse.csr_matrix((np.ones(leaves.size), leaves.ravel(), np.arange(0, leaves.size + 1, n_trees)),
-                                           shape=(m, self.leaf_matrix.shape[0]))
+            pick = scipy.sparse.csr_matrix(
+                (np.ones(leaves.size), leaves.ravel(), np.arange(0, leaves.size + 1, n_trees)),
+                shape=(m, self.leaf_matrix.shape[0]))
             out[a:a + m] = (pick @ self.leaf_matrix).toarray()
         return out / n_trees
 
@@ -153,10 +154,11 @@ class CompactForest:
         path = Path(path)
         # the node arrays live in the trees only (a second copy would double the memory)
         nodes = np.concatenate([t.__getstate__()["nodes"] for t in self.trees])
-        arrays = dict(format=np.array(FORMAT), source=np.array(source), nodes=nodes, offsets=self.offsets, max_depth=self.max_depth,
-                      n_features=np.array(self.n_features_in_), leaf_row=self.leaf_row)
+        arrays = dict(format=np.array(FORMAT), source=np.array(source), nodes=nodes, offsets=self.offsets,
+                      max_depth=self.max_depth, n_features=np.array(self.n_features_in_), leaf_row=self.leaf_row)
         if self.is_classifier:
-            arrays.update(classes=self.classes_, leaf_ptr=self.leaf_ptr, leaf_class=self.leaf_class, leaf_prob=self.leaf_prob)
+            arrays.update(classes=self.classes_, leaf_ptr=self.leaf_ptr, leaf_class=self.leaf_class,
+                          leaf_prob=self.leaf_prob)
         else:
             arrays.update(leaf_value=self.leaf_value)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -195,7 +197,8 @@ def write_beside(model_file, estimator) -> Path | None:
     """forest.npz beside *model_file* (the joblib of *estimator*) if the estimator is a forest."""
     if not is_forest(estimator):
         return None
-    return CompactForest.from_estimator(estimator).save(Path(model_file).with_name(FILE), source=digest(model_file))
+    target = Path(model_file).with_name(FILE)
+    return CompactForest.from_estimator(estimator).save(target, source=digest(model_file))
 
 
 def compact_artifacts(root) -> list[Path]:
