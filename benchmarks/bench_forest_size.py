@@ -9,9 +9,8 @@ rows of the store's labelled spectra (the model's own input design, rows repeate
 n_jobs = all cores, as load_member sets it), and the registry metrics on the held-out validation
 and test materials (accuracy / macro-F1, overall). Where the member has a forest.npz (what
 prediction loads, xastruct/forest.py), the same for it, the resident memory each form adds when
-loaded in a fresh process, and the largest difference between the two forms' probabilities. The forests' load + predict time is most of an
-inverse screen call (benchmarks/bench_screen.py). Choose on validation; test is for information.
-Writes benchmarks/results/forest_size.md.
+loaded in a fresh process, and the largest difference between the two forms' probabilities.
+Choose on validation; test is for information. Writes benchmarks/results/forest_size.md (or --out).
 """
 
 from __future__ import annotations
