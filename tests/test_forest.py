@@ -83,6 +83,10 @@ def test_members_predict_through_the_compact_forest_and_fall_back_when_stale(tmp
     joblib.dump(b, d / inv.SKLEARN_FILE)
     m2 = inv.load_member(d, device="cpu")
     assert m2.predictor is m2.estimator and m2.estimator.n_estimators == 6
+    # an unreadable forest.npz (truncated copy): the joblib model predicts
+    (d / fo.FILE).write_bytes(b"not a zip file")
+    m3 = inv.load_member(d, device="cpu")
+    assert m3.predictor is m3.estimator and m3.estimator.n_estimators == 6
     # not a forest: no forest.npz, the estimator predicts
     from sklearn.dummy import DummyClassifier
 

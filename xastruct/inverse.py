@@ -780,14 +780,20 @@ def load_member(directory, *, device: str | None = "auto"):
 def _load_member_cached(directory: str, device: str | None, stamp: tuple):
     """Loader behind :func:`load_member` (*stamp*: the directory's file names, mtimes and sizes, so an
     artifact rewritten in place is read again)."""
+    import zipfile
+
     from .forest import FILE, CompactForest, digest
 
     d = Path(directory)
     if (d / SKLEARN_FILE).is_file():
         compact = None
         if (d / FILE).is_file():
-            # None when the forest file was made from another model.joblib (then the joblib is read)
-            compact = CompactForest.load(d / FILE, source=digest(d / SKLEARN_FILE))
+            # None when the forest file was made from another model.joblib (then the joblib is read);
+            # an unreadable one (truncated copy) is only a cache of the joblib: read that instead
+            try:
+                compact = CompactForest.load(d / FILE, source=digest(d / SKLEARN_FILE))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                compact = None
         member = SklearnMember(path=d, predictor=compact)
         if compact is None:
             _ = member.estimator  # read now, so a broken file fails here, at load time
