@@ -388,6 +388,24 @@ def _p(row: dict) -> float | None:
     return probs.get(row.get("label")) if row.get("label") is not None else None
 
 
+def _period_of(symbol) -> int | None:
+    from xastruct.inverse import _Z, period_group
+
+    z = _Z.get(str(symbol))
+    return period_group(z)[0] if z else None
+
+
+def _pred_period(p: dict) -> int | None:
+    """The neighbour's period as `predict structure` reports it (class probabilities summed over each
+    period); rows with only a label (pooled / trivial predictions): the label's period."""
+    from xastruct.inverse import neighbor_period
+
+    if p.get("probabilities"):
+        per = neighbor_period(p["probabilities"])
+        return per["period"] if per else None
+    return _period_of(p.get("label"))
+
+
 def summarize(rows: list[dict], pred_key: str = "pred") -> dict:
     """CN accuracy / MAE, MNND MAE and calibration, neighbour accuracy over rows with predictions."""
     cn = [(r["truth"], r[pred_key]["cn"]) for r in rows if r.get(pred_key) and r[pred_key].get("cn")
@@ -410,6 +428,7 @@ def summarize(rows: list[dict], pred_key: str = "pred") -> dict:
         out["mnnd_sigma_median"] = float(np.nanmedian(sig))
     if nb:
         out["nb_acc"] = float(np.mean([t["neighbor"] == p["label"] for t, p in nb]))
+        out["nb_period_acc"] = float(np.mean([_period_of(t["neighbor"]) == _pred_period(p) for t, p in nb]))
     return out
 
 
@@ -465,6 +484,8 @@ def fmt_summary(s: dict) -> str:
                          f"(median sigma {s['mnnd_sigma_median']:.3f} A)")
     if "nb_acc" in s:
         parts.append(f"neighbour accuracy {s['nb_acc']:.2f} (n = {s['n_neighbor']})")
+    if "nb_period_acc" in s:
+        parts.append(f"neighbour period accuracy {s['nb_period_acc']:.2f}")
     return "; ".join(parts) if parts else "no predictions"
 
 

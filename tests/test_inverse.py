@@ -341,6 +341,11 @@ def test_predict_structure_two_column_file_gives_values_with_uncertainties(train
     assert 1.5 < p["mnnd"]["value"] < 2.8 and p["mnnd"]["sigma"] > 0
     assert p["neighbor"]["label"] in ("O", "S", "other")
     assert sum(p["neighbor"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # the neighbour's period: its elements' probabilities summed ('other' is no element)
+    per = p["neighbor"]["period"]
+    elem_p = {c: v for c, v in p["neighbor"]["probabilities"].items() if c != "other"}
+    assert sum(per["probabilities"].values()) == pytest.approx(sum(elem_p.values()), abs=1e-9)
+    assert per["label"] == next(iter(per["probabilities"])) and per["probability"] == max(per["probabilities"].values())
     assert res["xanes"] and not res["exafs"]
 
 
@@ -352,6 +357,7 @@ def test_predict_structure_on_measured_xdi_via_cli(trained):
     r = CliRunner().invoke(predict, ["structure", str(f), "--element", "Cu", "--device", "cpu", "--db", url])
     assert r.exit_code == 0, r.output
     assert "coordination number" in r.output and "mean NN distance" in r.output and "neighbour type" in r.output
+    assert "neighbour period" in r.output
     assert "±" in r.output
     # the foil scan reaches k > 12: EXAFS is extracted from the same file
     assert "EXAFS extracted" in r.output
@@ -388,7 +394,7 @@ def test_predict_structure_several_files_one_row_each(trained, tmp_path):
     assert [row["file"] for row in rows] == [files[0], files[1], short]
     assert "too short" in rows[2]["error"] and "predictions" in rows[0]
     r = CliRunner().invoke(predict, [*args[:3], short, *args[3:]])  # the table: a row each, exit status 1
-    assert r.exit_code == 1 and "3 files" in r.output and "MNND" in r.output
+    assert r.exit_code == 1 and "3 files" in r.output and "MNND" in r.output and "period (p)" in r.output
     r = CliRunner().invoke(predict, [*args, "--exafs", files[0]])
     assert r.exit_code == 2 and "single SPECTRUM_FILE" in r.output
 
@@ -750,6 +756,15 @@ def test_cli_train_inverse_universal_flag(trained, tmp_path):
     newest = max(registry.list_models(store.get_engine(u), task="neighbor"), key=lambda e: e.id)
     assert newest.element is None and newest.config["use_element"] is True
     store.dispose_engines()
+
+
+def test_neighbor_period_sums_probabilities_over_each_period():
+    per = inv.neighbor_period({"Co": 0.18, "Cu": 0.17, "Ni": 0.15, "O": 0.3, "other": 0.1, "La": 0.1})
+    assert per["label"] == "4 (K-Kr)" and per["period"] == 4 and per["probability"] == pytest.approx(0.5)
+    assert per["probabilities"] == pytest.approx({"4 (K-Kr)": 0.5, "2 (Li-Ne)": 0.3, "6 (Cs-Rn)": 0.1})
+    assert list(per["probabilities"]) == ["4 (K-Kr)", "2 (Li-Ne)", "6 (Cs-Rn)"]  # most probable first
+    assert inv.neighbor_period({"other": 1.0}) is None
+    assert [inv.period_label(k) for k in (1, 3, 5, 7)] == ["1 (H-He)", "3 (Na-Ar)", "5 (Rb-Xe)", "7 (Fr-Og)"]
 
 
 def test_element_columns_match_pymatgen():

@@ -1145,6 +1145,32 @@ def period_group(z: int) -> tuple[int, int]:
     return period, pos + 1 if pos < 2 else 3 if pos <= 16 else pos - 13
 
 
+
+def period_label(period: int) -> str:
+    """'4 (K-Kr)': a period with its first and last element."""
+    first = 1 if period == 1 else _PERIOD_ENDS[period - 2] + 1
+    return f"{period} ({SYMBOLS[first - 1]}-{SYMBOLS[_PERIOD_ENDS[period - 1] - 1]})"
+
+
+def neighbor_period(probabilities: dict[str, float]) -> dict | None:
+    """The neighbour's period with the class probabilities summed over it.
+
+    Why: a backscatterer's amplitude and phase change slowly with Z, so neighbours a few Z apart
+    (Co / Ni / Cu, O / N) scatter almost alike and a spectrum pins down the row of the periodic table
+    far better than the element (a Cu foil read as 'Co 0.18' is 'period 4' at p ~ 1). Classes that are
+    not element symbols (e.g. 'other') are left out; None when no class is an element."""
+    sums: dict[int, float] = {}
+    for cls, p in probabilities.items():
+        z = _Z.get(str(cls))
+        if z is not None:
+            per = period_group(z)[0]
+            sums[per] = sums.get(per, 0.0) + float(p)
+    if not sums:
+        return None
+    ranked = sorted(sums.items(), key=lambda kv: -kv[1])
+    return {"label": period_label(ranked[0][0]), "period": ranked[0][0], "probability": ranked[0][1],
+            "probabilities": {period_label(k): v for k, v in ranked}}
+
 def _element_z(elements: Sequence[str]) -> np.ndarray:
     try:
         return np.array([_Z[str(e)] for e in elements], dtype=np.int64)
@@ -1794,6 +1820,10 @@ def predict_spectra(engine: sa.Engine, inp: InputSpectra, *, device: str | None 
             order = np.argsort(-proba)
             res.update(label=classes[order[0]], probability=float(proba[order[0]]),
                        probabilities={classes[i]: float(proba[i]) for i in order})
+            if task == "neighbor":
+                period = neighbor_period(res["probabilities"])
+                if period is not None:
+                    res["period"] = period
             if task == "cn":
                 vals = np.array([float(c) for c in classes])
                 mean = float(np.sum(proba * vals))

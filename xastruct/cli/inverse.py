@@ -216,6 +216,10 @@ def _print_one(res: dict) -> None:
         alt = ", ".join(f"{k} {v:.2f}" for k, v in list(n["probabilities"].items())[1:3])
         rows.append(("neighbour type", n["label"], f"p = {n['probability']:.2f}" + (f" ({alt})" if alt else ""),
                      n["model"]))
+        if n.get("period"):  # what the spectrum determines well: elements a few Z apart scatter alike
+            per = n["period"]
+            rows.append(("neighbour period", per["label"], f"p = {per['probability']:.2f} (summed over its elements)",
+                         n["model"]))
     for r in rows:
         tbl.add_row(*r)
     out.print(tbl)
@@ -241,7 +245,7 @@ def _task_notes(p: dict) -> list[str]:
 def _print_many(results: list[dict]) -> None:
     tbl = Table(title=f"{len(results)} files", caption="per-file reading notes (E0, EXAFS reach): --json")
     tbl.add_column("file", overflow="fold")
-    for c in ("input", "CN (p)", "MNND (A) ± 1 sigma", "neighbour (p)"):
+    for c in ("input", "CN (p)", "MNND (A) ± 1 sigma", "neighbour (p)", "period (p)"):
         tbl.add_column(c, no_wrap=True)
     tbl.add_column("problems", overflow="fold")
     names = [Path(r["file"]).name for r in results]
@@ -249,7 +253,7 @@ def _print_many(results: list[dict]) -> None:
         names = [str(r["file"]) for r in results]
     for name, res in zip(names, results):
         if "error" in res:
-            tbl.add_row(name, "-", "-", "-", "-", f"[red]{res['error']}[/]")
+            tbl.add_row(name, "-", "-", "-", "-", "-", f"[red]{res['error']}[/]")
             continue
         p = res["predictions"]
         ok = lambda t: "error" not in p.get(t, {"error": 1})  # noqa: E731
@@ -258,6 +262,8 @@ def _print_many(results: list[dict]) -> None:
             f"{p['cn']['value']} ({p['cn']['probability']:.2f})" if ok("cn") else "-",
             f"{p['mnnd']['value']:.3f} ± {p['mnnd']['sigma']:.3f}" if ok("mnnd") else "-",
             f"{p['neighbor']['label']} ({p['neighbor']['probability']:.2f})" if ok("neighbor") else "-",
+            f"{per['period']} ({per['probability']:.2f})" if ok("neighbor") and (per := p["neighbor"].get("period"))
+            else "-",
             "; ".join(_task_notes(p)))
     out.print(tbl)
 
