@@ -168,7 +168,8 @@ def inverse(task, elements, all_elements, edges, features, arch, seeds, split_se
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (a list for several files).")
 @db_option
 def structure(spectrum_files, element, edge, exafs_file, device, as_json, db) -> None:
-    """Predict CN, mean nearest-neighbour distance and neighbour type from SPECTRUM_FILE(s)
+    """Predict CN, mean nearest-neighbour distance and neighbour type (with its period of the periodic
+    table, which a spectrum determines better than the element) from SPECTRUM_FILE(s)
     (XDI, FEFF xmu.dat or two-column energy/mu). Several files: one row each; a file that cannot be
     read gets its error in its row and the exit status is 1."""
     if exafs_file and len(spectrum_files) > 1:
