@@ -99,6 +99,14 @@ def test_screen_everything_on_both_backends(db_url, tmp_path):
             assert label in p and abs(sum(p.values()) - 1) < 1e-2
             if task == "cn":
                 assert value in (4.0, 6.0) and label == str(int(value))
+    # neighbour rows: the period the probabilities sum highest over, as `predict structure` reports it
+    for proba, per, per_p in _rows(db_url, "SELECT probabilities, neighbor_period, period_probability "
+                                           "FROM predictions WHERE task = 'neighbor'"):
+        p = proba if isinstance(proba, dict) else json.loads(proba)
+        ref = inv.neighbor_period(p)
+        assert per == ref["period"] and per_p == pytest.approx(ref["probability"], abs=1e-3)
+    assert not _rows(db_url, "SELECT count(*) FROM predictions WHERE task <> 'neighbor' "
+                             "AND neighbor_period IS NOT NULL")[0][0]
     # the views: truth beside predictions, metrics per element
     vt = _rows(db_url, "SELECT task, closed_loop, count(*), avg(abs_error) FROM predictions_vs_truth "
                        "GROUP BY task, closed_loop")
@@ -111,6 +119,16 @@ def test_screen_everything_on_both_backends(db_url, tmp_path):
          _rows(db_url, "SELECT task, kind, closed_loop, n, accuracy FROM per_element_metrics WHERE element = 'Cu'")}
     assert sum(n for (t, _, c), (n, _) in m.items() if t == "cn" and not c) == n_spec
     assert m[("cn", "EXAFS", False)][1] > 0.7 and m[("cn", "EXAFS", True)][0] == n_sites
+    # the neighbour's period against the true neighbour's (O: period 2 for these synthetic sites)
+    vp = _rows(db_url, "SELECT true_label, true_period, neighbor_period, kind, closed_loop FROM predictions_vs_truth "
+                       "WHERE task = 'neighbor'")
+    assert vp and all(tp == {"O": 2, "S": 3}[tl] and pp in (2, 3) for tl, tp, pp, _, _ in vp)
+    pa = _rows(db_url, "SELECT period_accuracy, accuracy FROM per_element_metrics WHERE task = 'neighbor' "
+                       "AND kind = 'EXAFS' AND NOT closed_loop")
+    want = np.mean([tp == pp for _, tp, pp, k, c in vp if k == "EXAFS" and not c])
+    assert float(pa[0][0]) == pytest.approx(want)  # PostgreSQL returns a Decimal
+    # the synthetic classes O / S are one element per period, so period and element accuracy agree
+    assert float(pa[0][0]) == pytest.approx(float(pa[0][1]))
     # a rerun predicts nothing new
     again = {r.task: r for r in scr.screen(eng, elements=["Cu"], closed_loop=True, device="cpu")}
     assert all(r.written == 0 for r in again.values())

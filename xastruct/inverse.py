@@ -1152,6 +1152,24 @@ def period_label(period: int) -> str:
     return f"{period} ({SYMBOLS[first - 1]}-{SYMBOLS[_PERIOD_ENDS[period - 1] - 1]})"
 
 
+def class_period(cls) -> int | None:
+    """Period of a neighbour class that is an element symbol, else None (e.g. 'other')."""
+    z = _Z.get(str(cls))
+    return period_group(z)[0] if z is not None else None
+
+
+def period_argmax(proba: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of neighbour class probabilities -> (most probable period, its summed probability), as
+    :func:`neighbor_period` per row; period 0 and probability NaN when no class is an element."""
+    per = np.array([class_period(c) or 0 for c in classes], dtype=np.int64)
+    sums = np.zeros((len(proba), len(_PERIOD_ENDS) + 1))
+    for k in np.unique(per[per > 0]):
+        sums[:, k] = proba[:, per == k].sum(axis=1)
+    best = sums.argmax(axis=1)
+    prob = sums[np.arange(len(proba)), best]
+    return best, np.where(best > 0, prob, np.nan)
+
+
 def neighbor_period(probabilities: dict[str, float]) -> dict | None:
     """The neighbour's period with the class probabilities summed over it.
 
@@ -1161,9 +1179,8 @@ def neighbor_period(probabilities: dict[str, float]) -> dict | None:
     not element symbols (e.g. 'other') are left out; None when no class is an element."""
     sums: dict[int, float] = {}
     for cls, p in probabilities.items():
-        z = _Z.get(str(cls))
-        if z is not None:
-            per = period_group(z)[0]
+        per = class_period(cls)
+        if per is not None:
             sums[per] = sums.get(per, 0.0) + float(p)
     if not sums:
         return None

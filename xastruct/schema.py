@@ -137,6 +137,10 @@ predictions = sa.Table(
     sa.Column("reference_spectrum_id", sa.BigInteger),  # forward: stored spectrum of the same site
     sa.Column("reference_mae", sa.Double),
     sa.Column("reference_cosine", sa.Double),
+    # added in migration 0004: neighbour task, the period of the periodic table the class probabilities
+    # sum highest over (a spectrum tells neighbours a few Z apart poorly, their period well)
+    sa.Column("neighbor_period", sa.Integer),
+    sa.Column("period_probability", sa.Double),
 )
 
 runs = sa.Table(

@@ -599,7 +599,7 @@ def screen_inverse(
     """CN / MNND / neighbour for every stored spectrum of `elements` (or, with closed_loop, every
     latest forward prediction) with the model suited to its input kind."""
     from .inverse import (VARIANT_OF, _predict_classifier, _predict_mnnd, find_model, load_member,
-                          member_temperature, without_unseen_kinds)
+                          member_temperature, period_argmax, without_unseen_kinds)
 
     t0 = time.perf_counter()
     reasons: Counter = Counter()
@@ -682,6 +682,10 @@ def screen_inverse(
                     # ~80 neighbour classes, most at exactly 0 for a given spectrum)
                     cols["probabilities"] = _probability_json(np.round(proba, 4), classes)
                     unc = 1.0 - proba[np.arange(n), best]
+                    if task == "neighbor":  # the row of the periodic table, which spectra tell better
+                        per, per_p = period_argmax(proba, classes)
+                        cols["neighbor_period"] = [int(k) if k else None for k in per.tolist()]
+                        cols["period_probability"] = [float(v) if k else None for k, v in zip(per.tolist(), per_p.tolist())]
                     if task == "cn":
                         vals = np.array([float(c) if c.isdigit() else np.nan for c in classes])
                         ok = np.isfinite(vals)

@@ -134,8 +134,12 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def view_sql(name: str) -> str:
-    """SQL text of a view in sql/views (migrations create views from these files)."""
+def view_sql(name: str, revision: str | None = None) -> str:
+    """SQL text of a view in sql/views (migrations create views from these files). *revision*: the
+    view as that migration created it (sql/views/history/<name>.<revision>.sql), frozen so an old
+    migration still runs on a fresh store after a later one changed the view."""
+    if revision is not None:
+        return (SQL_DIR / "views" / "history" / f"{name}.{revision}.sql").read_text()
     return (SQL_DIR / "views" / f"{name}.sql").read_text()
 
 

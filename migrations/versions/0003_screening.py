@@ -62,7 +62,7 @@ def upgrade() -> None:
         op.create_index("ix_predictions_task", "predictions", ["task", "element"])
         op.create_index("ix_matches_query", "matches", ["query_hash"])
     for v in VIEWS:
-        op.execute(view_sql(v))
+        op.execute(view_sql(v, "0003"))
 
 
 def downgrade() -> None:

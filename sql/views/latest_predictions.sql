@@ -14,6 +14,8 @@ SELECT * FROM (
         p.label,
         p.uncertainty,
         p.probabilities,
+        p.neighbor_period,
+        p.period_probability,
         p.energies,
         p.mu,
         p.reference_spectrum_id,
