@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from xastruct import inverse as inv
 from xastruct import report as rep
 from xastruct import store
 from xastruct.cli import main
@@ -156,7 +157,8 @@ def build_store(url: str, *, predictions: bool = True) -> dict:
                                      probabilities={"4": 0.7, "6": 0.3} if cn == 4 else {"4": 0.3, "6": 0.7}))
             else:
                 nb = lab["dominant_neighbor"] if n_site != 1 else "O"
-                inv_rows.append(dict(base, label=nb, uncertainty=0.2, probabilities={nb: 0.8}))
+                inv_rows.append(dict(base, label=nb, uncertainty=0.2, probabilities={nb: 0.8},
+                                     neighbor_period=inv.class_period(nb), period_probability=0.8))
     with eng.begin() as conn:
         store.bulk_insert(conn, "predictions", fwd_rows)
         fwd_ids = {(r.site_id, r.kind): r.id for r in conn.execute(sa.select(pred_t.c.id, pred_t.c.site_id, pred_t.c.kind)
@@ -238,6 +240,12 @@ def test_report_with_predictions(db_url, tmp_path):
     # tables: counts and per-element metrics (closed-loop rows listed separately)
     assert re.search(r"<td>structures</td><td class='num'>8</td>", html)
     assert "id='per-element-table'" in html and "closed loop" in html and " Å" in html
+    # neighbour rows carry the period accuracy as a number (other tasks a dash)
+    table = html.split("id='per-element-table'")[1].split("</table>")[0]
+    assert "neighbour period accuracy" in table
+    nb_rows = [r for r in table.split("<tr>") if r.startswith("<td>neighbor</td>")]
+    assert nb_rows and all(re.search(r"<td class='num'>[01](\.\d+)?</td><td class='num'>[01](\.\d+)?</td><td class='num'>–</td>", r)
+                       for r in nb_rows)
     assert res.counts["predictions"] == info["n_forward"] + info["n_inverse"] + info["n_closed"]
 
 

@@ -71,7 +71,7 @@ _PVT = sa.table(
 _PEM = sa.table(
     "per_element_metrics",
     *[sa.column(c) for c in ("task", "element", "edge", "kind", "closed_loop", "n", "mae", "accuracy",
-                             "mean_cosine", "model_name")],
+                             "period_accuracy", "mean_cosine", "model_name")],
 )  # fmt: skip
 _LP = sa.table("latest_predictions", *[sa.column(c) for c in ("task", "element", "closed_loop", "prediction_id")])
 
@@ -438,6 +438,7 @@ _PANELS = [  # (title, task, kinds or None = any, metric, y label)
     ("MNND", "mnnd", None, "mae", "MAE (Å)"),
     ("coordination number", "cn", None, "accuracy", "accuracy"),
     ("dominant neighbour", "neighbor", None, "accuracy", "accuracy"),
+    ("dominant neighbour's period", "neighbor", None, "period_accuracy", "accuracy"),
 ]
 
 
@@ -491,11 +492,11 @@ def _per_element(conn: sa.Connection, out: Path, elements: Sequence[str] | None,
             ax.set_xlim(-0.6, len(cats) - 0.4)
             ax.set_xticks(x, labels, rotation=90 if len(cats) > 25 else 0, fontsize=8)
             ax.set_ylabel(ylabel)
-            if metric == "accuracy":
+            if metric in ("accuracy", "period_accuracy"):
                 ax.set_ylim(0, 1.12)
             else:
                 ax.set_ylim(0, np.nanmax([_num(r[metric]) for r in sel]) * 1.2 or 1.0)
-            ax.set_title(f"{title} — " + ("accuracy (higher is better)" if metric == "accuracy" else "mean absolute error"),
+            ax.set_title(f"{title} — " + ("accuracy (higher is better)" if metric != "mae" else "mean absolute error"),
                          fontsize=10)  # fmt: skip
             ax.legend(fontsize=8, loc="upper right")
             ax.grid(axis="y", alpha=0.3)
@@ -512,10 +513,12 @@ def _per_element(conn: sa.Connection, out: Path, elements: Sequence[str] | None,
             f"<tr><td>{_esc(r['task'])}</td><td>{_esc(r['element'])}</td><td>{_esc(r['edge'])}</td>"
             f"<td>{_esc(r['kind'])}</td><td>{'closed loop' if r['closed_loop'] else 'direct'}</td>"
             f"<td class='num'>{int(r['n'])}</td><td class='num'>{mae}</td><td class='num'>{_fmt(r['accuracy'])}</td>"
+            f"<td class='num'>{_fmt(r['period_accuracy'])}</td>"
             f"<td class='num'>{_fmt(r['mean_cosine'], 4)}</td><td>{_esc(r['model_name'])}</td></tr>"
         )
     sec.html = ("<table class='data' id='per-element-table'><tr><th>task</th><th>element</th><th>edge</th>"
-                "<th>kind</th><th>input</th><th>n</th><th>MAE</th><th>accuracy</th><th>mean cosine</th>"
+                "<th>kind</th><th>input</th><th>n</th><th>MAE</th><th>accuracy</th><th>neighbour period accuracy</th>"
+                "<th>mean cosine</th>"
                 "<th>model</th></tr>" + "".join(body) + "</table>")  # fmt: skip
     return sec
 

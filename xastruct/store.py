@@ -153,7 +153,8 @@ def _jsonify(value: Any) -> Any:
 
 def to_arrow(rows: Sequence[dict], table: str) -> pa.Table:
     """Rows (dicts) -> Arrow table typed after the schema; JSON columns become JSON text."""
-    names = [c.name for c in metadata.tables[table].columns if any(c.name in r for r in rows[:1])]
+    # a column present in any row (rows may differ: e.g. only neighbour predictions carry a period)
+    names = [c.name for c in metadata.tables[table].columns if any(c.name in r for r in rows)]
     return columns_to_arrow({n: [r.get(n) for r in rows] for n in names}, table)
 
 
