@@ -54,3 +54,14 @@ FROM predictions_vs_truth WHERE task = 'forward' ORDER BY abs_error DESC LIMIT 1
 SELECT s.sample_name, p.task, p.value, p.label, round(p.uncertainty, 3) AS sigma
 FROM latest_predictions p JOIN spectra s ON s.id = p.spectrum_id
 WHERE s.structure_id IS NULL ORDER BY s.sample_name, p.task;
+
+-- Neighbour element vs its period (row of the periodic table, class probabilities summed over it):
+-- where the element is missed, is the period still right?
+SELECT element, kind, closed_loop, n, round(accuracy, 2) AS element_accuracy,
+       round(period_accuracy, 2) AS period_accuracy
+FROM per_element_metrics WHERE task = 'neighbor' ORDER BY element, kind, closed_loop;
+
+-- Sites read as bonded to a 3d metal (period 4) with confidence, whatever element the top class is
+SELECT formula, site_index, element, label, round(period_probability, 2) AS p_period
+FROM latest_predictions
+WHERE task = 'neighbor' AND neighbor_period = 4 AND period_probability > 0.8 ORDER BY p_period DESC LIMIT 20;
