@@ -364,3 +364,64 @@ def test_references_pick_the_newest_spectrum_per_site(duck):
     finally:
         with eng.begin() as c:
             c.execute(sa.text("DELETE FROM spectra WHERE key LIKE '%-newer'"))
+
+
+def test_inverse_batches_written_behind_are_whole_and_errors_surface(duck, tmp_path, monkeypatch):
+    """Batches are written by a thread while the next is predicted: a failing write or a failing
+    prediction stops the run with that error, every batch before it is committed whole, and a
+    rerun completes with nothing duplicated."""
+    import shutil
+
+    _, _, tmp = duck
+    store.dispose_engines()
+    dst = tmp_path / "store.duckdb"
+    shutil.copy(tmp / "store.duckdb", dst)
+    url = f"duckdb:///{dst}"
+    eng = store.get_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text("DELETE FROM predictions"))
+    count = "SELECT count(*), count(DISTINCT key) FROM predictions"
+    real_insert, calls = store.bulk_insert, []
+
+    def failing_third_insert(conn, table, rows):
+        calls.append(rows.num_rows)
+        if len(calls) == 3:
+            real_insert(conn, table, rows)  # written inside the transaction, then it fails: rolled back
+            raise RuntimeError("disk full")
+        return real_insert(conn, table, rows)
+
+    monkeypatch.setattr(store, "bulk_insert", failing_third_insert)
+    with pytest.raises(RuntimeError, match="disk full"):
+        scr.screen_inverse(eng, elements=["Cu"], device="cpu", batch_size=7)
+    n, distinct = _rows(url, count)[0]
+    assert n == distinct == sum(calls[:2])  # the two batches before it, whole; none of the third
+
+    # a prediction that fails: every batch predicted before it (the one in the writer's hands
+    # included) is committed before the error surfaces (one member a model: a call is a batch)
+    monkeypatch.setattr(store, "bulk_insert", real_insert)
+    real_predict, real_mnnd, done = inv._predict_classifier, inv._predict_mnnd, []
+
+    def failing_predict(member, table, *a, **k):
+        if len(done) == 3:
+            raise ValueError("bad member")
+        out = real_predict(member, table, *a, **k)
+        done.append(len(table.element))
+        return out
+
+    def counted_mnnd(member, table, *a, **k):
+        out = real_mnnd(member, table, *a, **k)
+        done.append(len(table.element))
+        return out
+
+    monkeypatch.setattr(inv, "_predict_classifier", failing_predict)
+    monkeypatch.setattr(inv, "_predict_mnnd", counted_mnnd)
+    with pytest.raises(ValueError, match="bad member"):
+        scr.screen_inverse(eng, elements=["Cu"], device="cpu", batch_size=7)
+    n2, distinct2 = _rows(url, count)[0]
+    assert n2 == distinct2 == n + sum(done) and len(done) == 3
+    monkeypatch.setattr(inv, "_predict_mnnd", real_mnnd)
+    monkeypatch.setattr(inv, "_predict_classifier", real_predict)
+    r = scr.screen_inverse(eng, elements=["Cu"], device="cpu", batch_size=7)
+    n3, distinct3 = _rows(url, count)[0]
+    assert r.written == n3 - n2 and n3 == distinct3 == r.targets - r.skipped
+    store.dispose_engines()

@@ -1145,7 +1145,6 @@ def period_group(z: int) -> tuple[int, int]:
     return period, pos + 1 if pos < 2 else 3 if pos <= 16 else pos - 13
 
 
-
 def period_label(period: int) -> str:
     """'4 (K-Kr)': a period with its first and last element."""
     first = 1 if period == 1 else _PERIOD_ENDS[period - 2] + 1
@@ -1187,6 +1186,7 @@ def neighbor_period(probabilities: dict[str, float]) -> dict | None:
     ranked = sorted(sums.items(), key=lambda kv: -kv[1])
     return {"label": period_label(ranked[0][0]), "period": ranked[0][0], "probability": ranked[0][1],
             "probabilities": {period_label(k): v for k, v in ranked}}
+
 
 def _element_z(elements: Sequence[str]) -> np.ndarray:
     try:

@@ -22,6 +22,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -639,7 +640,26 @@ def screen_inverse(
     with engine.connect() as conn:
         have = _existing_keys(conn, list(entries))
     total = sum(len(v) for v in groups.values())
-    with _progress(progress_factory, total, "inverse predictions") as advance:
+
+    def write(cols: dict) -> int:  # one transaction a batch: a stopped run keeps whole batches only
+        rows = store.columns_to_arrow(cols, "predictions")
+        with engine.begin() as conn:
+            return store.bulk_insert(conn, "predictions", rows)
+
+    pending: list = []  # (future of the batch being written, its size)
+
+    def settle() -> None:
+        fut, n_rows = pending.pop()
+        res.written += fut.result()
+        if on_commit:
+            on_commit(f"{res.task} {res.written}")
+        advance(n_rows)
+
+    # Why a writer thread: a batch's INSERT + COMMIT (a fifth of the run) then overlaps the next
+    # batch's featurization and models (DuckDB / psycopg release the GIL). One writer, batches in
+    # order and at most one in flight, so memory stays bounded and DuckDB still has one writer.
+    with _progress(progress_factory, total, "inverse predictions") as advance, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="xastruct-write") as writer:
         for (task, mid), idx in groups.items():
             e = entries[mid]
             todo = [i for i in idx if f"{mid}:{target}:{inp.ref[i]}" not in have]
@@ -695,12 +715,11 @@ def screen_inverse(
                             mu_cn = pm @ vals[ok]
                             unc = np.sqrt(np.maximum((pm * (vals[ok][None, :] - mu_cn[:, None]) ** 2).sum(axis=1), 0.0))
                     cols["uncertainty"] = unc.astype(float)
-                rows = store.columns_to_arrow(cols, "predictions")
-                with engine.begin() as conn:
-                    res.written += store.bulk_insert(conn, "predictions", rows)
-                if on_commit:
-                    on_commit(f"{res.task} {res.written}")
-                advance(len(part))
+                if pending:
+                    settle()
+                pending.append((writer.submit(write, cols), len(part)))
+        if pending:
+            settle()
     res.skipped = sum(reasons.values())
     res.seconds = time.perf_counter() - t0
     return res

@@ -2,8 +2,8 @@
 -- inverse tasks (cn, mnnd, neighbor), the stored reference spectrum for forward predictions.
 -- abs_error: |predicted - true| (CN, MNND in A; forward: MAE of normalized mu on the model grid).
 -- correct: class predictions (CN, neighbour) equal to the label.
--- neighbour rows: true_period = the period of the true dominant neighbour; period_correct = the
--- predicted neighbour_period (class probabilities summed per period) equals it.
+-- neighbour rows: true_period = the period of the true dominant neighbour, to compare with the
+-- predicted neighbor_period (class probabilities summed per period; per_element_metrics.period_accuracy).
 CREATE VIEW predictions_vs_truth AS
 SELECT
     lp.prediction_id,
