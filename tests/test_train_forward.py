@@ -176,6 +176,18 @@ def test_predict_spectrum_prints_and_plots_with_seed_band(tiny, trained, tmp_pat
     mean_cols, std_cols = vals[:, 1::2], vals[:, 2::2]
     assert np.all(np.isfinite(mean_cols)) and mean_cols.max() > 0.8  # a normalized edge reaches ~1
     assert np.all(std_cols >= 0) and std_cols.max() > 0  # two seeds disagree somewhere
+    # the band is the seed spread times the scale fitted on the validation materials at training
+    e = registry.load(trained["eng"], name, device="cpu")
+    scale = e.config["band_scale"]
+    band = e.metrics["band"]
+    assert scale > 0 and band["val"]["scale"] == pytest.approx(scale)
+    assert band["val"]["within_1"] == pytest.approx(train.BAND_COVERAGE, abs=0.05)
+    assert 0 <= band["test"]["within_1"] <= 1 and band["test"]["scale"] == pytest.approx(scale)
+    from pymatgen.core import Structure
+
+    site = int(lines[0].split(",")[1].split("_")[0][len("site"):])  # the first inequivalent Cu site
+    raw = train.predict_sites(e, Structure.from_file(poscar), [site], device="cpu")[:, 0]
+    np.testing.assert_allclose(std_cols[:, 0], raw.std(0, ddof=1) * scale, rtol=1e-4, atol=1e-6)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = run(["predict", "spectrum", poscar, "--element", "Cu", "--db", tiny["url"], "--device", "cpu"]).output
     assert "xastruct/v1" in table and "±" in table
@@ -450,3 +462,22 @@ def test_checkpoint_key_ignores_settings_the_arch_does_not_read(tmp_path):
     assert path(arch="mpnn", max_minutes=1.0, num_threads=1, epochs=3) == path(arch="mpnn", epochs=400)
     assert path(arch="mpnn") != path(arch="gat") != path(arch="mpnn", lr=1e-3)
     assert path(arch="paths", path_focus=True) != path(arch="paths", path_focus=False)
+
+
+def test_band_calibration_scales_the_seed_spread_to_the_validation_errors():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(400, 30))
+    # members whose spread is a third of their ensemble error: the raw band holds far too little
+    center = truth + rng.normal(scale=0.3, size=truth.shape)
+    members = center[None] + rng.normal(scale=0.1, size=(4, *truth.shape))
+    val = train.band_calibration(members[:, :200], truth[:200])
+    assert val["raw_within_1"] < 0.4 and val["within_1"] == pytest.approx(train.BAND_COVERAGE, abs=0.01)
+    assert 2 < val["scale"] < 5
+    test = train.band_calibration(members[:, 200:], truth[200:], scale=val["scale"])
+    assert test["scale"] == val["scale"] and test["within_1"] == pytest.approx(0.68, abs=0.05)
+    assert test["within_2"] > test["within_1"]
+    assert train.band_calibration(members[:1], truth) is None  # one member: no spread
+    # the band a model draws: its scale times the spread; models without one keep the raw spread
+    np.testing.assert_allclose(train.band_sigma({"band_scale": 2.0}, members), 2 * members.std(0, ddof=1))
+    np.testing.assert_allclose(train.band_sigma({}, members), members.std(0, ddof=1))
+    assert not train.band_sigma(None, members[:1]).any()

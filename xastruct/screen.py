@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,7 +188,7 @@ def screen_forward(
 
     from .embed import chgnet_site_embeddings, pooled_embedding
     from .models import pick_device
-    from .train import crystalnn_neighbors, default_cache_dir, grid_points, predict_sites, resample
+    from .train import band_sigma, crystalnn_neighbors, default_cache_dir, grid_points, predict_sites, resample
 
     t0 = time.perf_counter()
     jobs = forward_models(engine, elements, model)  # (entry, element, edge)
@@ -278,7 +277,7 @@ def screen_forward(
                     for sid, _site_id, idx in items:
                         out_parts.append(predict_sites(entry, structs[sid], [idx], device=device, edge=edge)[:, 0])
                     out = np.stack(out_parts, axis=1)
-                mean, spread = out.mean(axis=0), out.std(axis=0)
+                mean, sigma = out.mean(axis=0), band_sigma(entry.config, out)  # as `predict spectrum` draws it
                 refs = {}
                 with engine.connect() as conn:
                     refs = _references(conn, [it[1] for it in items], edge, entry.kind)
@@ -286,7 +285,7 @@ def screen_forward(
                     row = dict(key=f"{mid}:site:{site_id}", model_id=mid, structure_id=sid, site_id=site_id,
                                task="forward", element=element, edge=edge, kind=entry.kind,
                                target="site", energies=grids[mid], mu=mean[j].astype(float),
-                               uncertainty=float(spread[j].mean()) if out.shape[0] > 1 else None, run_id=run_id)
+                               uncertainty=float(sigma[j].mean()) if out.shape[0] > 1 else None, run_id=run_id)
                     ref = refs.get(site_id)
                     if ref is not None:
                         y = resample(entry.grid, energies=ref.get("energies"), mu=ref.get("mu"), e0=ref.get("e0"),

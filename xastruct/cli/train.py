@@ -227,9 +227,9 @@ def predict_group() -> None:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
 def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, fmt, device, db) -> None:
-    """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model the
-    spread (std) across seeds is printed and drawn as an uncertainty band."""
-    import numpy as np
+    """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model, ± sigma:
+    the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
+    unscaled for models trained before it), printed and drawn as an uncertainty band."""
 
     from .. import train as tr
     from ..labels import equivalent_sites
@@ -261,27 +261,33 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         chosen = sorted({reps[i] for i in idx})
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     x = tr.grid_points(entry.grid)
-    mean, std = preds.mean(0), preds.std(0, ddof=1) if preds.shape[0] > 1 else np.zeros(preds.shape[1:])
+    mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
+    band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
     if fmt == "json":
         doc = {"structure": name, "model": entry.name, "axis": axis, "quantity": qty, "x": x.tolist(),
-               "sites": [{"site": s, "mean": mean[j].tolist(), "std": std[j].tolist()} for j, s in enumerate(chosen)]}  # fmt: skip
+               "band_scale": band_scale,
+               "sites": [{"site": s, "mean": mean[j].tolist(), "sigma": sigma[j].tolist(), "std": std[j].tolist()}
+                         for j, s in enumerate(chosen)]}  # fmt: skip
         click.echo(json.dumps(doc))
     elif fmt == "csv":
-        click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "std")]))
+        click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "sigma")]))
         for k, xv in enumerate(x):
-            click.echo(",".join([f"{xv:g}"] + [f"{v:.6g}" for j in range(len(chosen)) for v in (mean[j, k], std[j, k])]))
+            click.echo(",".join([f"{xv:g}"] + [f"{v:.6g}" for j in range(len(chosen)) for v in (mean[j, k], sigma[j, k])]))
     else:
         tbl = Table(title=f"{name}: predicted {element} {edge} {kind} ({qty}) by {entry.name}, {preds.shape[0]} seed(s)")
         tbl.add_column(axis, justify="right")
         for s in chosen:
             tbl.add_column(f"site {s}", justify="right")
         for k, xv in enumerate(x):
-            tbl.add_row(f"{xv:g}", *[f"{mean[j, k]:.4f} ± {std[j, k]:.4f}" for j in range(len(chosen))])
+            tbl.add_row(f"{xv:g}", *[f"{mean[j, k]:.4f} ± {sigma[j, k]:.4f}" for j in range(len(chosen))])
         out.print(tbl)
+        if preds.shape[0] > 1:
+            out.print(_band_note(preds.shape[0], band_scale))
     if plot:
-        _plot(plot, x, mean, std, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}", n_members=preds.shape[0])
+        _plot(plot, x, mean, sigma, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
+              band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None)
         console.print(f"plot written to {plot}")
 
 
@@ -298,7 +304,13 @@ def _latest_entry(eng, element, edge, kind, device):
     return entry
 
 
-def _plot(path, x, mean, std, sites, *, axis, quantity, title, n_members) -> None:
+def _band_note(n_members: int, band_scale: float | None) -> str:
+    if band_scale:
+        return f"band: ±1 sigma = spread over {n_members} seeds × {band_scale:.2f} (68% of validation errors)"
+    return f"band: ±1 std over {n_members} seeds (not calibrated: a model trained before band_scale)"
+
+
+def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -307,12 +319,12 @@ def _plot(path, x, mean, std, sites, *, axis, quantity, title, n_members) -> Non
     fig, ax = plt.subplots(figsize=(6, 4))
     for j, s in enumerate(sites):
         (line,) = ax.plot(x, mean[j], label=f"site {s}")
-        if n_members > 1:
-            ax.fill_between(x, mean[j] - std[j], mean[j] + std[j], color=line.get_color(), alpha=0.25, lw=0)
+        if band:
+            ax.fill_between(x, mean[j] - sigma[j], mean[j] + sigma[j], color=line.get_color(), alpha=0.25, lw=0)
     ax.set_xlabel(axis)
     # the grid's quantity key, spelled as a physicist labels the axis
     ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(quantity, quantity))
-    ax.set_title(title + (f"\nband: ±1 std over {n_members} seeds" if n_members > 1 else ""), fontsize=9)
+    ax.set_title(title + (f"\n{band}" if band else ""), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
