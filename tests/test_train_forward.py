@@ -481,3 +481,36 @@ def test_band_calibration_scales_the_seed_spread_to_the_validation_errors():
     np.testing.assert_allclose(train.band_sigma({"band_scale": 2.0}, members), 2 * members.std(0, ddof=1))
     np.testing.assert_allclose(train.band_sigma({}, members), members.std(0, ddof=1))
     assert not train.band_sigma(None, members[:1]).any()
+
+
+def test_calibrate_refits_the_band_of_a_model_trained_without_one(tiny, trained):
+    """`xastruct train calibrate` on a model whose band_scale is gone (as for models trained before
+    it) fits the same scale training fitted, from the artifact's split, into the row and meta.json."""
+    eng = trained["eng"]
+    name = trained["model"].name
+    e = registry.load(eng, name, device="cpu")
+    fitted, band = e.config["band_scale"], e.metrics["band"]
+    registry.update_documents(eng, e, config={k: v for k, v in e.config.items() if k != "band_scale"},
+                              metrics={k: v for k, v in e.metrics.items() if k != "band"})
+    bare = registry.load(eng, name, device="cpu")
+    assert "band_scale" not in bare.config and "band" not in json.loads((Path(bare.artifact) / "meta.json").read_text())["metrics"]
+    res = run(["train", "calibrate", name, "--device", "cpu", "--db", tiny["url"]])
+    assert "band_scale" in res.output and "test materials" in res.output
+    again = registry.load(eng, name, device="cpu")
+    assert again.config["band_scale"] == pytest.approx(fitted, rel=1e-4)
+    assert again.metrics["band"]["val"]["within_1"] == pytest.approx(band["val"]["within_1"], abs=1e-9)
+    assert again.metrics["band"]["test"]["within_1"] == pytest.approx(band["test"]["within_1"], abs=0.01)
+    meta = json.loads((Path(again.artifact) / "meta.json").read_text())
+    assert meta["config"]["band_scale"] == pytest.approx(fitted, rel=1e-4) and meta["metrics"]["band"]["n_val"] > 0
+    # a single-member model has no band to fit: a clear error
+    bad = run(["train", "calibrate", trained["mean"].name, "--device", "cpu", "--db", tiny["url"]], ok=False)
+    assert bad.exit_code == 1 and "member" in bad.output
+
+
+def test_shipped_forward_models_carry_a_fitted_band():
+    for meta in sorted((registry.PRETRAINED_DIR / "forward").rglob("meta.json")):
+        doc = json.loads(meta.read_text())
+        if doc["config"].get("seeds", 1) > 1:
+            band = doc["metrics"]["band"]
+            assert doc["config"]["band_scale"] == band["val"]["scale"] > 1  # the raw spread is too narrow
+            assert band["val"]["within_1"] == pytest.approx(train.BAND_COVERAGE, abs=0.02) and band["n_test"] > 0

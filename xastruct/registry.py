@@ -187,6 +187,25 @@ def register(
     raise RuntimeError(f"could not allocate a version for {task}/{element}/{edge}/{kind}/{arch}")
 
 
+def update_documents(engine: sa.Engine, entry: ModelEntry, *, config: dict | None = None,
+                     metrics: dict | None = None) -> None:
+    """Replace a registered model's config / metrics JSON (e.g. a calibration fitted after training),
+    in its row and in its artifact's meta.json. The meta file is replaced atomically first: a crash
+    between the two leaves the row with the older documents, which a rerun overwrites."""
+    changes = {k: v for k, v in (("config", config), ("metrics", metrics)) if v is not None}
+    if not changes:
+        return
+    meta_path = Path(entry.artifact) / META_FILE
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta.update(json.loads(json.dumps(changes, default=float)))
+        tmp = meta_path.with_name(META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        tmp.replace(meta_path)
+    with engine.begin() as conn:
+        conn.execute(sa.update(models_t).where(models_t.c.id == entry.id).values(**changes))
+
+
 def _entry(conn: sa.Connection, name_or_id: str | int) -> ModelEntry:
     s = str(name_or_id)
     if s.isdigit():

@@ -1309,6 +1309,64 @@ def predict_sites(
     raise ValueError(f"model {entry.name}: unknown mode {mode!r} in its config")
 
 
+def calibrate_band(engine: sa.Engine, entry: registry.ModelEntry, *, device: str = "auto",
+                   cache_dir: str | Path | None = None, progress_factory: Callable | None = None) -> dict:
+    """Fit *entry*'s ``band_scale`` after the fact, on its own validation materials (its artifact's
+    split.json) and the store's spectra of them, as `train forward` now does at the end of training;
+    also reports the band's coverage on its test materials. Writes the scale and the ``band`` metrics
+    into the registry row and the artifact's meta.json (the weights are untouched). For models
+    trained before the band was calibrated, e.g. the shipped ones."""
+    if entry.task != "forward":
+        raise InputError(f"model {entry.name}", "is not a forward model", "calibrate a forward model's band")
+    if len(entry.members or []) < 2:
+        raise InputError(f"model {entry.name}", f"has {len(entry.members or [])} member(s)",
+                         "a band needs several seeds: retrain with --seeds 3")
+    split_file = Path(entry.artifact) / "split.json"
+    if not split_file.exists():
+        raise InputError(str(split_file), "missing: the model's split is unknown", "retrain the model")
+    split = json.loads(split_file.read_text())
+    cfg = entry.config or {}
+    if entry.element is None:
+        pairs = [tuple(p.split(":")) for p in cfg.get("pairs", [])]
+        data = load_universal_data(engine, kind=entry.kind, pairs=pairs or None, source=cfg.get("source"))
+    else:
+        data = load_forward_data(engine, element=entry.element, edge=entry.edge, kind=entry.kind,
+                                 source=cfg.get("source"))
+    if data.grid != entry.grid:
+        raise InputError(f"model {entry.name}", f"grid {entry.grid} differs from the store's {data.grid}",
+                         "calibrate on a store whose spectra use the model's grid")
+    side_of = {h: side for side in ("train", "val", "test") for h in split.get(side, [])}
+    rows = {side: [i for i in range(data.n) if side_of.get(data.hashes[int(data.structure_ids[i])]) == side]
+            for side in ("val", "test")}
+    if not rows["val"]:
+        raise InputError(f"model {entry.name}", "none of its validation materials has a spectrum in this store",
+                         "calibrate on the store it was trained from")
+    edges = data.pairs()
+    preds: dict[int, np.ndarray] = {}
+    todo = rows["val"] + rows["test"]
+    by_struct: dict[tuple, list[int]] = defaultdict(list)
+    for i in todo:
+        by_struct[(int(data.structure_ids[i]), edges[i].split(":")[1])].append(i)
+    bar = progress_factory(len(todo), "validation + test sites") if progress_factory else contextlib.nullcontext()
+    with bar as advance:
+        for (sid, edge), items in by_struct.items():
+            out = predict_sites(entry, data.structures[sid], [int(data.site_indices[i]) for i in items],
+                                device=device, cache_dir=cache_dir, edge=edge)  # (members, sites, grid)
+            for j, i in enumerate(items):
+                preds[i] = out[:, j]
+            if advance:
+                advance(len(items))
+    stack = lambda side: np.stack([preds[i] for i in rows[side]], axis=1)  # noqa: E731
+    band = band_calibration(stack("val"), data.y[rows["val"]])
+    test = band_calibration(stack("test"), data.y[rows["test"]], scale=band["scale"]) if rows["test"] else None
+    result = {"val": band, "test": test, "n_val": len(rows["val"]), "n_test": len(rows["test"])}
+    config = {**cfg, "band_scale": band["scale"]}
+    metrics = {**(entry.metrics or {}), "band": result}
+    registry.update_documents(engine, entry, config=_json_safe(config), metrics=_json_safe(metrics))
+    entry.config, entry.metrics = config, metrics
+    return result
+
+
 def pooled_pairs(entry: registry.ModelEntry, structure: Any, sites: Sequence[int], *, edge: str | None = None
                  ) -> list[str] | None:  # fmt: skip
     """Each site's "El:edge" for a pooled model over several absorbers (None for a per-element one)."""
