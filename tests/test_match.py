@@ -364,3 +364,25 @@ def test_predictions_on_another_grid_are_resampled(duck_url, tree, tmp_path):
     f = write_xmu(tmp_path / "xmu.dat", rows[2]["energies"], rows[2]["mu_raw"], rows[2]["e0"])
     res = m.match(eng, m.read_query(f, element="Cu"), against="predicted", top=1, write=False)
     assert res.rows[0]["site_id"] == rows[2]["site_id"] and res.rows[0]["score"] > 0.999
+
+
+def test_compare_given_spectra_recovers_shift_and_error():
+    """match.compare (behind `predict spectrum --compare`): the query against given rows on the grid."""
+    x = m.grid_points()
+    edge = lambda e: 1 / (1 + np.exp(-(e - 2.0) / 1.5)) + 0.3 * np.exp(-((e - 12.0) / 3.0) ** 2)  # noqa: E731
+    e = np.linspace(-30, 90, 1201)
+    # the query's features sit 3 eV too high: shift -3 lays it on the rows
+    q = m.Query(name="q", sha256="0", element="Cu", edge="K", x=e, mu=edge(e - 3.0), e0=8979.0, e0_definition="given")
+    rows = np.stack([edge(x), edge(x) + 0.05])  # the same spectrum, and one offset by 0.05
+    res = m.compare(q, x, rows, labels=["same", "offset"])
+    assert [r["label"] for r in res] == ["same", "offset"]
+    assert res[0]["shift"] == pytest.approx(-3.0, abs=0.1) and res[0]["cosine"] == pytest.approx(1.0, abs=1e-4)
+    assert res[0]["mae"] < 0.005 and res[1]["mae"] == pytest.approx(0.05, abs=0.01)
+    lo, hi = res[0]["window"]
+    on = res[0]["query_on_grid"]
+    inside = (x >= lo) & (x <= hi)
+    assert np.isfinite(on[inside]).all() and np.abs(on[inside] - rows[0][inside]).max() < 0.02
+    short = m.Query(name="short", sha256="1", element="Cu", edge="K", x=e[:300], mu=edge(e[:300]), e0=8979.0,
+                    e0_definition="given")
+    with pytest.raises(InputError, match="too short"):
+        m.compare(short, x, rows)

@@ -514,3 +514,24 @@ def test_shipped_forward_models_carry_a_fitted_band():
             band = doc["metrics"]["band"]
             assert doc["config"]["band_scale"] == band["val"]["scale"] > 1  # the raw spread is too narrow
             assert band["val"]["within_1"] == pytest.approx(train.BAND_COVERAGE, abs=0.02) and band["n_test"] > 0
+
+
+def test_predict_spectrum_compares_with_a_spectrum_file(tiny, trained, tmp_path):
+    """--compare scores the prediction against a file (here the site's own FEFF 9 xmu.dat) and draws it."""
+    mat = tiny["tree"] / TWIN_PAIRS[0][0]
+    xmu = sorted((mat / "FEFF-XANES").glob("*_Cu/xmu.dat"))[0]
+    site = int(xmu.parent.name.split("_")[0])
+    png = tmp_path / "cmp.png"
+    res = run(["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--model", trained["model"].name, "--site", site,
+               "--compare", xmu, "--plot", png, "--format", "json", "--db", tiny["url"], "--device", "cpu"])  # fmt: skip
+    doc = json.loads(res.stdout)
+    c = doc["compare"]["sites"][0]
+    assert c["site"] == site and -1 <= c["cosine"] <= 1 and c["mae"] >= 0 and abs(c["shift"]) <= 10
+    assert c["cosine"] > 0.9  # a trained model's XANES resembles the FEFF spectrum it learned from
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = run(["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--site", site, "--compare", xmu,
+                 "--db", tiny["url"], "--device", "cpu"]).output
+    assert "cosine" in table and "shift" in table
+    missing = run(["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--compare", tmp_path / "nope.xdi",
+                   "--db", tiny["url"], "--device", "cpu"], ok=False)
+    assert missing.exit_code == 1 and "no such file" in missing.output

@@ -67,6 +67,7 @@ __all__ = [
     "METRICS",
     "Candidates",
     "MatchResult",
+    "compare",
     "Query",
     "load_candidates",
     "match",
@@ -587,6 +588,33 @@ class MatchResult:
             "window_e_minus_e0": self.window, "n_candidates": self.n_candidates, "skipped": self.skipped,
             "seconds": self.seconds, "inserted": self.inserted, "results": self.rows,
         }  # fmt: skip
+
+
+def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: float = DEFAULT_SHIFT_RANGE,
+            labels: Sequence[str] | None = None) -> list[dict]:
+    """A query spectrum against given spectra on E - E0 grid *x* (e.g. a structure's predicted XANES,
+    one row per site), with the same shift search and window as :func:`match`: per row the best
+    cosine, its shift (eV added to the query energies), and the MAE of normalized mu over the window
+    at that shift, plus the query laid on *x* at that shift (NaN outside what it covers)."""
+    y = np.atleast_2d(np.asarray(spectra, dtype=np.float32))
+    n = len(y)
+    blank = np.full(n, -1, np.int64)
+    labels = list(labels) if labels is not None else [str(i) for i in range(n)]
+    cands = Candidates(element=query.element, edge=query.edge, grid={}, x=np.asarray(x, float), y=y,
+                       candidate=np.array(["given"] * n), spectrum_id=blank, prediction_id=blank, structure_id=blank,
+                       site_id=blank, site_index=blank, formula=np.array(labels, dtype=object),
+                       source_id=np.array(labels, dtype=object), origin=np.array(labels, dtype=object))  # fmt: skip
+    best, shift, info = score(cands, query, metric="cosine", shift_range=shift_range)
+    lo, hi = info["window"]
+    w = (cands.x >= lo) & (cands.x <= hi)
+    out = []
+    for i in range(n):
+        laid = np.interp(cands.x, query.x + shift[i], query.mu, left=np.nan, right=np.nan)
+        out.append({"label": labels[i], "cosine": float(best[i]), "shift": float(shift[i]),
+                    "shift_at_limit": bool(info["at_limit"][i]),
+                    "mae": float(np.mean(np.abs(laid[w] - y[i][w]))), "window": [float(lo), float(hi)],
+                    "query_on_grid": laid})
+    return out
 
 
 def match_key(query: Query, *, metric: str, against: str, shift_range: float, candidate: str, cand_id: int,

@@ -245,14 +245,18 @@ def predict_group() -> None:
               help="Registered model name or id (default: what `screen` runs -- newest xastruct model for XANES, "
                    "paths for EXAFS, universal ones included -- else the newest forward model).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a plot (PNG/PDF/SVG) here.")
+@click.option("--compare", "compare_file", type=click.Path(dir_okay=False), default=None,
+              help="A measured or calculated XANES file (XDI, FEFF xmu.dat, two columns) to score the prediction "
+                   "against: cosine and MAE after the best rigid shift (as `xastruct match`); drawn on the plot.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
-def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, fmt, device, db) -> None:
+def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, fmt, device, db) -> None:
     """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
     unscaled for models trained before it), printed and drawn as an uncertainty band."""
 
+    from .. import match
     from .. import train as tr
     from ..labels import equivalent_sites
     from ..readers import read_structures
@@ -281,9 +285,14 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     else:
         reps = equivalent_sites(structure)
         chosen = sorted({reps[i] for i in idx})
+    if compare_file and entry.kind != "XANES":
+        raise InputError("--compare", f"compares XANES; {entry.name} predicts {entry.kind}",
+                         "use a XANES model (--kind XANES), or `xastruct predict structure` to read an EXAFS scan")
+    query = match.read_query(compare_file, element=element, edge=edge) if compare_file else None
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     x = tr.grid_points(entry.grid)
     mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
+    cmp = match.compare(query, x, mean, labels=[f"site {s}" for s in chosen]) if query is not None else None
     band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
@@ -292,6 +301,11 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                "band_scale": band_scale,
                "sites": [{"site": s, "mean": mean[j].tolist(), "sigma": sigma[j].tolist(), "std": std[j].tolist()}
                          for j, s in enumerate(chosen)]}  # fmt: skip
+        if cmp is not None:
+            doc["compare"] = {"file": query.name, "e0": query.e0, "e0_definition": query.e0_definition,
+                              "shift_sign": "eV added to the file's E - E0",
+                              "sites": [{k: v for k, v in c.items() if k != "query_on_grid"} | {"site": s}
+                                        for s, c in zip(chosen, cmp)]}  # fmt: skip
         click.echo(json.dumps(doc))
     elif fmt == "csv":
         click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "sigma")]))
@@ -307,9 +321,16 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         out.print(tbl)
         if preds.shape[0] > 1:
             out.print(_band_note(preds.shape[0], band_scale))
+    if cmp is not None and fmt != "json":
+        for s, c in zip(chosen, cmp):
+            console.print(f"{Path(query.name).name} vs site {s}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
+                          f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
+                          f"{c['shift']:+.1f} eV added to the file's energies (its E0: {query.e0_definition})"
+                          + (" -- at the edge of the +-10 eV search" if c["shift_at_limit"] else ""), highlight=False)
     if plot:
         _plot(plot, x, mean, sigma, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
-              band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None)
+              band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None,
+              compare=None if cmp is None else (Path(query.name).name, cmp))
         console.print(f"plot written to {plot}")
 
 
@@ -332,7 +353,7 @@ def _band_note(n_members: int, band_scale: float | None) -> str:
     return f"band: ±1 std over {n_members} seeds (not calibrated: a model trained before band_scale)"
 
 
-def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | None) -> None:
+def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | None, compare=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -343,6 +364,11 @@ def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | Non
         (line,) = ax.plot(x, mean[j], label=f"site {s}")
         if band:
             ax.fill_between(x, mean[j] - sigma[j], mean[j] + sigma[j], color=line.get_color(), alpha=0.25, lw=0)
+    if compare is not None:  # the file laid on the grid at the shift that best fits the first site
+        fname, cmp = compare
+        c = cmp[0]
+        ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--",
+                label=f"{fname} (shift {c['shift']:+.1f} eV; cosine {c['cosine']:.3f})")
     ax.set_xlabel(axis)
     # the grid's quantity key, spelled as a physicist labels the axis
     ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(quantity, quantity))
