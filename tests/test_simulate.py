@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from pymatgen.core import Lattice, Structure

@@ -8,7 +8,7 @@ import click
 
 from .. import ingest as ing
 from .. import store
-from .common import db_option, out, print_summary, progress_bar
+from .common import db_option, print_summary, progress_bar
 
 
 def _workers(n: int | None) -> int:
