@@ -386,3 +386,26 @@ def test_compare_given_spectra_recovers_shift_and_error():
                     e0_definition="given")
     with pytest.raises(InputError, match="too short"):
         m.compare(short, x, rows)
+
+
+def test_gaussian_broaden_and_auto_broadening_recovers_the_width():
+    x = m.grid_points()
+    delta = np.zeros_like(x)
+    delta[len(x) // 2] = 1.0
+    g = m.gaussian_broaden(delta, x, 4.0)[0]
+    assert g.sum() == pytest.approx(1.0, abs=1e-6)  # unit area
+    half = x[g >= g.max() / 2]
+    assert half[-1] - half[0] == pytest.approx(4.0, abs=0.6)  # FWHM on the 0.5 eV grid
+    step = (x > 5).astype(float)
+    b = m.gaussian_broaden(step, x, 6.0)[0]
+    assert b[0] == pytest.approx(0.0, abs=1e-3) and b[-1] == 1.0 and np.all(np.diff(b) >= -1e-12)  # ends held
+    np.testing.assert_array_equal(m.gaussian_broaden(step, x, 0.0)[0], step)
+    # a sharp calculated spectrum against a measured one broadened by 5 eV: auto picks ~5
+    sharp = 1 / (1 + np.exp(-(x - 2.0) / 0.7)) + 0.6 * np.exp(-((x - 10.0) / 1.5) ** 2)
+    e = x.copy()
+    q = m.Query(name="q", sha256="0", element="Cu", edge="K", x=e, mu=m.gaussian_broaden(sharp, x, 5.0)[0],
+                e0=8979.0, e0_definition="given")
+    raw, auto = m.compare(q, x, sharp, shift_range=2.0)[0], m.compare(q, x, sharp, shift_range=2.0, broaden="auto")[0]
+    assert raw["fwhm"] == 0.0 and auto["fwhm"] == pytest.approx(5.0, abs=1.0) and auto["mae"] < raw["mae"] / 3
+    fixed = m.compare(q, x, sharp, shift_range=2.0, broaden=5.0)[0]
+    assert fixed["fwhm"] == 5.0 and fixed["mae"] == pytest.approx(auto["mae"], abs=0.01)

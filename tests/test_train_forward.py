@@ -535,3 +535,16 @@ def test_predict_spectrum_compares_with_a_spectrum_file(tiny, trained, tmp_path)
     missing = run(["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--compare", tmp_path / "nope.xdi",
                    "--db", tiny["url"], "--device", "cpu"], ok=False)
     assert missing.exit_code == 1 and "no such file" in missing.output
+
+
+def test_predict_spectrum_broaden_needs_compare_and_a_width(tiny, trained, tmp_path):
+    mat = tiny["tree"] / TWIN_PAIRS[0][0]
+    xmu = sorted((mat / "FEFF-XANES").glob("*_Cu/xmu.dat"))[0]
+    base = ["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--db", tiny["url"], "--device", "cpu"]
+    assert "only applies with --compare" in run([*base, "--broaden", "3"], ok=False).output
+    assert "not a width" in run([*base, "--compare", xmu, "--broaden", "wide"], ok=False).output
+    doc = json.loads(run([*base, "--compare", xmu, "--broaden", "auto", "--format", "json"]).stdout)
+    c = doc["compare"]["sites"][0]
+    assert c["fwhm"] in [float(f) for f in range(17)] and c["mae"] >= 0
+    fixed = json.loads(run([*base, "--compare", xmu, "--broaden", "2.5", "--format", "json"]).stdout)
+    assert fixed["compare"]["sites"][0]["fwhm"] == 2.5

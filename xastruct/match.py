@@ -590,16 +590,49 @@ class MatchResult:
         }  # fmt: skip
 
 
+#: Gaussian FWHMs (eV) tried by ``compare(..., broaden="auto")``
+BROADEN_FWHM = tuple(float(f) for f in np.arange(0.0, 16.5, 1.0))
+
+
+def gaussian_broaden(y: np.ndarray, x: np.ndarray, fwhm: float) -> np.ndarray:
+    """Rows of *y* on the uniform grid *x* convolved with a unit-area Gaussian of *fwhm* eV (ends held
+    flat): the experimental broadening (resolution, lifetime beyond FEFF's, disorder) a calculated
+    spectrum lacks next to a measured one."""
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    if fwhm <= 0:
+        return y
+    step = float(x[1] - x[0])
+    sd = fwhm / 2.3548 / step
+    k = np.arange(-int(4 * sd) - 1, int(4 * sd) + 2)
+    g = np.exp(-0.5 * (k / sd) ** 2)
+    g /= g.sum()
+    pad = np.pad(y, ((0, 0), (len(k) // 2, len(k) // 2)), mode="edge")
+    return np.stack([np.convolve(r, g, mode="valid") for r in pad])
+
+
 def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: float = DEFAULT_SHIFT_RANGE,
-            labels: Sequence[str] | None = None) -> list[dict]:
+            labels: Sequence[str] | None = None, broaden: float | str | None = None) -> list[dict]:
     """A query spectrum against given spectra on E - E0 grid *x* (e.g. a structure's predicted XANES,
     one row per site), with the same shift search and window as :func:`match`: per row the best
     cosine, its shift (eV added to the query energies), and the MAE of normalized mu over the window
-    at that shift, plus the query laid on *x* at that shift (NaN outside what it covers)."""
-    y = np.atleast_2d(np.asarray(spectra, dtype=np.float32))
+    at that shift, plus the query laid on *x* at that shift (NaN outside what it covers).
+    *broaden*: a Gaussian FWHM (eV) applied to the rows first, or "auto": per row the FWHM of
+    :data:`BROADEN_FWHM` with the lowest MAE. Each result gives its ``fwhm`` and the (broadened) row
+    as ``spectrum``."""
+    rows = np.atleast_2d(np.asarray(spectra, dtype=float))
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(rows))]
+    if broaden == "auto":
+        tries = [_compare_rows(query, x, gaussian_broaden(rows, x, f), shift_range, labels, f) for f in BROADEN_FWHM]
+        return [min((t[i] for t in tries), key=lambda r: r["mae"]) for i in range(len(rows))]
+    fwhm = float(broaden or 0.0)
+    return _compare_rows(query, x, gaussian_broaden(rows, x, fwhm), shift_range, labels, fwhm)
+
+
+def _compare_rows(query: Query, x: np.ndarray, rows: np.ndarray, shift_range: float, labels: list[str],
+                  fwhm: float) -> list[dict]:
+    y = np.asarray(rows, dtype=np.float32)
     n = len(y)
     blank = np.full(n, -1, np.int64)
-    labels = list(labels) if labels is not None else [str(i) for i in range(n)]
     cands = Candidates(element=query.element, edge=query.edge, grid={}, x=np.asarray(x, float), y=y,
                        candidate=np.array(["given"] * n), spectrum_id=blank, prediction_id=blank, structure_id=blank,
                        site_id=blank, site_index=blank, formula=np.array(labels, dtype=object),
@@ -613,7 +646,7 @@ def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: fl
         out.append({"label": labels[i], "cosine": float(best[i]), "shift": float(shift[i]),
                     "shift_at_limit": bool(info["at_limit"][i]),
                     "mae": float(np.mean(np.abs(laid[w] - y[i][w]))), "window": [float(lo), float(hi)],
-                    "query_on_grid": laid})
+                    "fwhm": fwhm, "query_on_grid": laid, "spectrum": y[i].astype(float)})
     return out
 
 

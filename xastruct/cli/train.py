@@ -248,10 +248,15 @@ def predict_group() -> None:
 @click.option("--compare", "compare_file", type=click.Path(dir_okay=False), default=None,
               help="A measured or calculated XANES file (XDI, FEFF xmu.dat, two columns) to score the prediction "
                    "against: cosine and MAE after the best rigid shift (as `xastruct match`); drawn on the plot.")
+@click.option("--broaden", default=None, metavar="FWHM|auto",
+              help="With --compare: a Gaussian broadening (FWHM, eV) applied to the prediction before it is scored "
+                   "and drawn (the experimental broadening a calculated XANES lacks), or 'auto': the FWHM of 0-16 eV "
+                   "that fits the file best.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
-def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, fmt, device, db) -> None:
+def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, broaden, fmt, device,
+                     db) -> None:
     """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
     unscaled for models trained before it), printed and drawn as an uncertainty band."""
@@ -288,11 +293,22 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     if compare_file and entry.kind != "XANES":
         raise InputError("--compare", f"compares XANES; {entry.name} predicts {entry.kind}",
                          "use a XANES model (--kind XANES), or `xastruct predict structure` to read an EXAFS scan")
+    if broaden is not None:
+        if not compare_file:
+            raise InputError("--broaden", "only applies with --compare FILE", "add --compare measured.xdi, or drop --broaden")
+        if broaden != "auto":
+            try:
+                broaden = float(broaden)
+            except ValueError:
+                raise InputError("--broaden", f"{broaden!r} is not a width", "give a FWHM in eV (e.g. 3) or 'auto'") from None
+            if not 0 <= broaden <= 50:
+                raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
     query = match.read_query(compare_file, element=element, edge=edge) if compare_file else None
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     x = tr.grid_points(entry.grid)
     mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
-    cmp = match.compare(query, x, mean, labels=[f"site {s}" for s in chosen]) if query is not None else None
+    cmp = (match.compare(query, x, mean, labels=[f"site {s}" for s in chosen], broaden=broaden)
+           if query is not None else None)
     band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
@@ -304,8 +320,8 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         if cmp is not None:
             doc["compare"] = {"file": query.name, "e0": query.e0, "e0_definition": query.e0_definition,
                               "shift_sign": "eV added to the file's E - E0",
-                              "sites": [{k: v for k, v in c.items() if k != "query_on_grid"} | {"site": s}
-                                        for s, c in zip(chosen, cmp)]}  # fmt: skip
+                              "sites": [{k: v for k, v in c.items() if k not in ("query_on_grid", "spectrum")}
+                                        | {"site": s} for s, c in zip(chosen, cmp)]}  # fmt: skip
         click.echo(json.dumps(doc))
     elif fmt == "csv":
         click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "sigma")]))
@@ -326,6 +342,7 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
             console.print(f"{Path(query.name).name} vs site {s}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
                           f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
                           f"{c['shift']:+.1f} eV added to the file's energies (its E0: {query.e0_definition})"
+                          + (f", prediction broadened by a {c['fwhm']:g} eV FWHM Gaussian" if c["fwhm"] else "")
                           + (" -- at the edge of the +-10 eV search" if c["shift_at_limit"] else ""), highlight=False)
     if plot:
         _plot(plot, x, mean, sigma, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
@@ -367,8 +384,10 @@ def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | Non
     if compare is not None:  # the file laid on the grid at the shift that best fits the first site
         fname, cmp = compare
         c = cmp[0]
+        if c["fwhm"]:
+            ax.plot(x, c["spectrum"], color="C1", lw=1.0, label=f"site {sites[0]} broadened ({c['fwhm']:g} eV FWHM)")
         ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--",
-                label=f"{fname} (shift {c['shift']:+.1f} eV; cosine {c['cosine']:.3f})")
+                label=f"{fname} (shift {c['shift']:+.1f} eV; MAE {c['mae']:.3f})")
     ax.set_xlabel(axis)
     # the grid's quantity key, spelled as a physicist labels the axis
     ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(quantity, quantity))
