@@ -225,7 +225,7 @@ def write(rows, entry, x, model_of, refs, args, seconds) -> None:
         f"{med(ok, 'model_b', 'mae'):.3f} vs trivial {med(ok, 'trivial_b', 'mae'):.3f} (median MAE; the model lower on "
         f"{wins(ok, 'model_b', 'trivial_b')} of {len(ok)}); on the FEFF10 scans model {med(both, 'model_b', 'mae'):.3f}, "
         f"FEFF10 {med(both, 'feff10_b', 'mae'):.3f}, trivial {med(both, 'trivial_b', 'mae'):.3f}.",
-        f"- by the twin's side of the model's split: " + "; ".join(
+        "- by the twin's side of the model's split: " + "; ".join(
             f"{side}: {len(rs)} scans, model {med(rs, 'model', 'mae'):.3f} vs trivial {med(rs, 'trivial', 'mae'):.3f} "
             f"(broadened {med(rs, 'model_b', 'mae'):.3f} vs {med(rs, 'trivial_b', 'mae'):.3f})"
             for side in ("train", "val", "test", "-", "not in its data")
