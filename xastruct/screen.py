@@ -481,7 +481,11 @@ def _stored_inputs(engine, elements, where, reasons: Counter, progress_factory) 
         tbl = store.fetch_arrow(conn, _where(q, where))
     # FEFF chi(k) and FEFF mu(E) rows featurized all at once; the rest (measured scans, rows a batch
     # cannot take) row by row, as dicts only for those rows
-    batch_e, batch_x = _batch_exafs(tbl), _batch_xanes(tbl)
+    # the two passes are large NumPy operations (the GIL is released): one in a thread, one here
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xastruct-exafs") as pool:
+        fut = pool.submit(_batch_exafs, tbl)
+        batch_x = _batch_xanes(tbl)
+        batch_e = fut.result()
     rest = [i for i in range(tbl.num_rows) if i not in batch_e and i not in batch_x]
     rest_rows = dict(zip(rest, store.arrow_rows(tbl.take(rest)))) if rest else {}
     meta = {c: tbl.column(c).to_pylist() for c in ("id", "absorber", "edge", "source", "structure_id", "site_id")}
