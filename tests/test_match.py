@@ -382,6 +382,16 @@ def test_compare_given_spectra_recovers_shift_and_error():
     on = res[0]["query_on_grid"]
     inside = (x >= lo) & (x <= hi)
     assert np.isfinite(on[inside]).all() and np.abs(on[inside] - rows[0][inside]).max() < 0.02
+    assert res[0]["shift_range"] == m.DEFAULT_SHIFT_RANGE  # a measured E0 (edge inflection) needs the wide search
+    # a calculated query (FEFF's Fermi level, like the grid): a narrow search, so the window keeps the edge
+    ec = e[e >= -5.0]  # a FEFF file that starts a few eV below E0
+    calc = m.Query(name="c", sha256="2", element="Cu", edge="K", x=ec, mu=edge(ec - 1.0), e0=8979.0,
+                   e0_definition="FEFF Fermi level", calculated=True)
+    rc = m.compare(calc, x, rows[:1])[0]
+    wide = m.compare(m.Query(**{**calc.__dict__, "calculated": False}), x, rows[:1])[0]
+    assert rc["shift_range"] == m.CALCULATED_SHIFT_RANGE and wide["shift_range"] == m.DEFAULT_SHIFT_RANGE
+    assert rc["window"][0] == pytest.approx(-2.0) and wide["window"][0] == pytest.approx(5.0)
+    assert rc["shift"] == pytest.approx(-1.0, abs=0.1) and rc["mae"] < 0.005
     short = m.Query(name="short", sha256="1", element="Cu", edge="K", x=e[:300], mu=edge(e[:300]), e0=8979.0,
                     e0_definition="given")
     with pytest.raises(InputError, match="too short"):

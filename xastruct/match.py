@@ -107,6 +107,7 @@ class Query:
     e0: float  # absolute E0, eV
     e0_definition: str
     spectrum_id: int | None = None  # stored query: excluded from its own candidates
+    calculated: bool = False  # a FEFF / MP spectrum: E0 is FEFF's Fermi level, as on the model grid
 
 
 def _calculated(source: str | None) -> bool:
@@ -129,7 +130,7 @@ def query_from_arrays(
         sha256 = hashlib.sha256(e.tobytes() + m.tobytes()).hexdigest()
     how = "given" if e0 is not None else ("steepest point" if calculated else "edge inflection (larch find_e0)")
     return Query(name=name, sha256=sha256, element=element, edge=edge, x=e - e0n, mu=np.asarray(norm, float),
-                 e0=float(e0n), e0_definition=how, spectrum_id=spectrum_id)  # fmt: skip
+                 e0=float(e0n), e0_definition=how, spectrum_id=spectrum_id, calculated=calculated)  # fmt: skip
 
 
 def read_query(path, *, element: str, edge: str | None = None, e0: float | None = None) -> Query:
@@ -168,7 +169,8 @@ def read_query(path, *, element: str, edge: str | None = None, e0: float | None 
         origin, how = float(e0), f"given (the file's own: {rec.e0:.2f} eV, {how})"
         sha = hashlib.sha256(f"{rec.sha256}|e0={origin!r}".encode()).hexdigest()
     return Query(name=src, sha256=sha, element=rec.absorber, edge=rec.edge, x=rec.energies - origin,
-                 mu=np.asarray(rec.mu_norm, float), e0=origin, e0_definition=how)  # fmt: skip
+                 mu=np.asarray(rec.mu_norm, float), e0=origin, e0_definition=how,
+                 calculated=_calculated(rec.source) and e0 is None)  # fmt: skip
 
 
 def query_from_spectrum(engine: sa.Engine, spectrum_id: int, *, e0: float | None = None) -> Query:
@@ -590,6 +592,10 @@ class MatchResult:
         }  # fmt: skip
 
 
+#: shift search (eV each way) of :func:`compare` for a calculated query: its E0 is FEFF's Fermi level
+#: like the grid's, so only SCF-level differences remain, and a narrow search keeps the edge itself
+#: in the comparison window (the window loses the search range at each end)
+CALCULATED_SHIFT_RANGE = 3.0
 #: Gaussian FWHMs (eV) tried by ``compare(..., broaden="auto")``
 BROADEN_FWHM = tuple(float(f) for f in np.arange(0.0, 16.5, 1.0))
 
@@ -610,7 +616,7 @@ def gaussian_broaden(y: np.ndarray, x: np.ndarray, fwhm: float) -> np.ndarray:
     return np.stack([np.convolve(r, g, mode="valid") for r in pad])
 
 
-def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: float = DEFAULT_SHIFT_RANGE,
+def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: float | None = None,
             labels: Sequence[str] | None = None, broaden: float | str | None = None) -> list[dict]:
     """A query spectrum against given spectra on E - E0 grid *x* (e.g. a structure's predicted XANES,
     one row per site), with the same shift search and window as :func:`match`: per row the best
@@ -618,7 +624,10 @@ def compare(query: Query, x: np.ndarray, spectra: np.ndarray, *, shift_range: fl
     at that shift, plus the query laid on *x* at that shift (NaN outside what it covers).
     *broaden*: a Gaussian FWHM (eV) applied to the rows first, or "auto": per row the FWHM of
     :data:`BROADEN_FWHM` with the lowest MAE. Each result gives its ``fwhm`` and the (broadened) row
-    as ``spectrum``."""
+    as ``spectrum``. *shift_range* None: :data:`CALCULATED_SHIFT_RANGE` for a calculated query, else
+    :data:`DEFAULT_SHIFT_RANGE` (a measured E0 is the edge inflection, several eV from FEFF's)."""
+    if shift_range is None:
+        shift_range = CALCULATED_SHIFT_RANGE if query.calculated else DEFAULT_SHIFT_RANGE
     rows = np.atleast_2d(np.asarray(spectra, dtype=float))
     labels = list(labels) if labels is not None else [str(i) for i in range(len(rows))]
     if broaden == "auto":
@@ -646,7 +655,8 @@ def _compare_rows(query: Query, x: np.ndarray, rows: np.ndarray, shift_range: fl
         out.append({"label": labels[i], "cosine": float(best[i]), "shift": float(shift[i]),
                     "shift_at_limit": bool(info["at_limit"][i]),
                     "mae": float(np.mean(np.abs(laid[w] - y[i][w]))), "window": [float(lo), float(hi)],
-                    "fwhm": fwhm, "query_on_grid": laid, "spectrum": y[i].astype(float)})
+                    "fwhm": fwhm, "shift_range": float(shift_range), "query_on_grid": laid,
+                    "spectrum": y[i].astype(float)})
     return out
 
 

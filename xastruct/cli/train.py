@@ -343,7 +343,8 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                           f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
                           f"{c['shift']:+.1f} eV added to the file's energies (its E0: {query.e0_definition})"
                           + (f", prediction broadened by a {c['fwhm']:g} eV FWHM Gaussian" if c["fwhm"] else "")
-                          + (" -- at the edge of the +-10 eV search" if c["shift_at_limit"] else ""), highlight=False)
+                          + (f" -- at the edge of the +-{c['shift_range']:g} eV search" if c["shift_at_limit"] else ""),
+                          highlight=False)
     if plot:
         _plot(plot, x, mean, sigma, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
               band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None,
