@@ -3,8 +3,8 @@
 A registered model is an *ensemble of seeds*: ``<models_dir>/<name>/seed<i>/`` holds one
 :class:`xastruct.models.ModelIO` save (config.json + weights.pt) per training seed, and
 ``meta.json`` repeats the row (grid, split, metrics, config) so an artifact directory is
-self-describing even without the store. Predictions use the mean over members; their spread is
-the uncertainty band.
+self-describing even without the store. Predictions use the mean over members; their spread, times
+the ``band_scale`` fitted on the validation materials (forward models), is the uncertainty band.
 
 Names are ``<task>/<element>/<edge>/<kind>/<arch>/v<version>`` (``all`` for a missing element/edge/
 kind, e.g. universal models); the version counts up per (task, element, edge, kind, arch).
