@@ -681,7 +681,8 @@ def _overlays(conn: sa.Connection, out: Path, elements: Sequence[str] | None, hi
     rows = _rows(conn, _where_elements(q, _PVT.c.element, elements))
     sec = Section(
         key="overlays", title="Forward predictions vs stored spectra",
-        intro="Predicted site spectra (ensemble mean; band: ± the mean spread across seed members) against the "
+        intro="Predicted site spectra (ensemble mean; band: ± the mean calibrated sigma -- the spread across seed "
+              "members times the model's band_scale, fitted on its validation materials) against the "
               "stored spectrum of the same site, resampled to the model's grid, for the best, median and worst "
               "case by MAE.",
     )  # fmt: skip
