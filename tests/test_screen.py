@@ -425,3 +425,25 @@ def test_inverse_batches_written_behind_are_whole_and_errors_surface(duck, tmp_p
     n3, distinct3 = _rows(url, count)[0]
     assert r.written == n3 - n2 and n3 == distinct3 == r.targets - r.skipped
     store.dispose_engines()
+
+
+def test_update_documents_rewrites_row_and_meta_on_both_backends(db_url, tmp_path):
+    """registry.update_documents (behind `train calibrate`): the row's JSON and meta.json both change."""
+    import shutil
+
+    from xastruct import registry
+
+    src = next(p.parent for p in (registry.PRETRAINED_DIR / "forward").rglob("meta.json"))
+    art = tmp_path / "pretrained" / src.relative_to(registry.PRETRAINED_DIR)
+    shutil.copytree(src, art)
+    eng = store.get_engine(db_url)
+    assert registry.import_artifacts(eng, tmp_path / "pretrained")["added"] == 1
+    entry = registry.list_models(eng)[0]
+    registry.update_documents(eng, entry, config={**entry.config, "band_scale": 2.5},
+                              metrics={**entry.metrics, "band": {"val": {"scale": 2.5}}})
+    again = registry.list_models(eng)[0]
+    assert again.config["band_scale"] == 2.5 and again.metrics["band"]["val"]["scale"] == 2.5
+    assert again.config["arch"] == entry.config["arch"] and again.grid == entry.grid  # the rest untouched
+    meta = json.loads((art / "meta.json").read_text())
+    assert meta["config"]["band_scale"] == 2.5 and meta["name"] == entry.name
+    assert not list(art.glob("*.tmp"))
