@@ -548,3 +548,19 @@ def test_predict_spectrum_broaden_needs_compare_and_a_width(tiny, trained, tmp_p
     assert c["fwhm"] in [float(f) for f in range(17)] and c["mae"] >= 0
     fixed = json.loads(run([*base, "--compare", xmu, "--broaden", "2.5", "--format", "json"]).stdout)
     assert fixed["compare"]["sites"][0]["fwhm"] == 2.5
+
+
+def test_predict_spectrum_of_a_stored_structure(tiny, trained):
+    """structure:<source_id> / structure:<id> read the structure from the store: same spectrum as its file."""
+    mat = tiny["tree"] / TWIN_PAIRS[0][0]
+    base = ["--element", "Cu", "--model", trained["model"].name, "--format", "csv", "--db", tiny["url"], "--device", "cpu"]
+    from_file = run(["predict", "spectrum", mat / "POSCAR", *base]).stdout
+    from_store = run(["predict", "spectrum", f"structure:{mat.name}", *base]).stdout
+    assert from_store == from_file
+    with trained["eng"].connect() as c:
+        sid = c.execute(sa.text("SELECT id FROM structures WHERE source_id = :s"), {"s": mat.name}).scalar()
+    assert run(["predict", "spectrum", f"structure:{sid}", *base]).stdout == from_file
+    missing = run(["predict", "spectrum", "structure:mp-nope", *base], ok=False)
+    assert missing.exit_code == 1 and "no stored structure" in missing.output
+    nofile = run(["predict", "spectrum", "nope.cif", *base], ok=False)
+    assert nofile.exit_code == 1 and "structure:<id>" in nofile.output

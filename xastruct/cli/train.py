@@ -235,7 +235,7 @@ def predict_group() -> None:
 
 
 @predict_group.command("spectrum")
-@click.argument("structure_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("structure_file", metavar="STRUCTURE")
 @click.option("--element", required=True, help="Absorbing element, e.g. Cu.")
 @click.option("--edge", default="K", show_default=True, type=click.Choice(EDGES))
 @click.option("--kind", default="XANES", show_default=True, type=click.Choice(["XANES", "EXAFS"]))
@@ -257,7 +257,8 @@ def predict_group() -> None:
 @db_option
 def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, broaden, fmt, device,
                      db) -> None:
-    """Predicted spectrum of the ELEMENT sites of STRUCTURE_FILE; with a multi-seed model, ± sigma:
+    """Predicted spectrum of the ELEMENT sites of STRUCTURE (a structure file: CIF, POSCAR, pymatgen
+    JSON, extxyz; or a stored one: structure:<id> / structure:<source_id>); with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
     unscaled for models trained before it), printed and drawn as an uncertainty band."""
 
@@ -267,10 +268,16 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     from ..readers import read_structures
 
     eng = store.get_engine(db)
-    structs = read_structures(structure_file)
-    if len(structs) != 1:
-        raise InputError(structure_file, f"holds {len(structs)} structures", "pass a file with one structure")
-    name, structure = structs[0]
+    if structure_file.startswith(store.STRUCTURE_REF):
+        name, structure = store.stored_structure(eng, structure_file)
+    else:
+        if not Path(structure_file).is_file():
+            raise InputError(structure_file, "no such file",
+                             "give a structure file (CIF, POSCAR, ...) or a stored one as structure:<id>")
+        structs = read_structures(structure_file)
+        if len(structs) != 1:
+            raise InputError(structure_file, f"holds {len(structs)} structures", "pass a file with one structure")
+        name, structure = structs[0]
     if model_name:
         entry = registry.load(eng, model_name, device=device)
     else:
