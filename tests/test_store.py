@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from xastruct import store
 from xastruct.errors import ReadOnlyError
 
-TABLES = {"structures", "sites", "spectra", "models", "predictions", "runs", "jobs"}
+TABLES = {"structures", "sites", "spectra", "models", "predictions", "runs", "jobs", "elements"}
 
 
 def _tables(eng) -> set[str]:
@@ -117,3 +117,50 @@ def test_fetch_arrow_binds_parameters_but_not_inside_string_literals(db_url):
                                 {"n": 41})
     assert tbl.column("s").to_pylist() == ["at :n or it's :x"]
     assert tbl.column("v").to_pylist() == [42] and tbl.column("c").to_pylist() == [7]
+
+
+def test_elements_table_joins_symbols_to_period_and_group(db_url):
+    """Migration 0005's reference table: 118 elements, pymatgen's period / group, joinable."""
+    from pymatgen.core import Element
+
+    eng = store.get_engine(db_url)
+    with eng.connect() as c:
+        rows = c.execute(sa.text("SELECT symbol, z, period, group_number, period_label FROM elements ORDER BY z")).all()
+    assert len(rows) == 118 and rows[0][:4] == ("H", 1, 1, 1) and rows[-1][0] == "Og"
+    for sym, z, period, group, label in rows[:103]:  # pymatgen's rows/groups, lanthanides/actinides in group 3
+        el = Element(sym)
+        assert (z, period, group) == (el.Z, el.row, el.group), sym
+    assert dict((r[0], r[4]) for r in rows)["Fe"] == "4 (K-Kr)"
+    with eng.begin() as c:
+        store.bulk_insert(c, "structures", [_struct("a")])
+        sid = store.lookup_ids(c, "structures", "content_hash", ["a"])["a"]
+        store.bulk_insert(c, "sites", [dict(structure_id=sid, site_index=i, element="Cu", dominant_neighbor=nb)
+                                       for i, nb in enumerate(["O", "S", "Se", "O"])])
+    with eng.connect() as c:
+        got = c.execute(sa.text("SELECT e.period, count(*) FROM sites s JOIN elements e ON e.symbol = s.dominant_neighbor "
+                                "GROUP BY e.period ORDER BY e.period")).all()
+    assert [tuple(r) for r in got] == [(2, 2), (3, 1), (4, 1)]
+    store.downgrade(eng, "0004")
+    assert "elements" not in _tables(eng)
+    store.upgrade(eng, "head")
+    with eng.connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM elements").scalar() == 118
+
+
+def test_example_queries_run(duck_url):
+    """Every statement of sql/examples/*.sql (DuckDB syntax, PostgreSQL differences noted in the file)
+    parses and runs, here on an empty store."""
+    db_url = duck_url
+    eng = store.get_engine(db_url)
+    files = sorted((store.SQL_DIR / "examples").glob("*.sql"))
+    assert files
+    n = 0
+    for f in files:
+        text = "\n".join(ln for ln in f.read_text().splitlines() if not ln.strip().startswith("--"))
+        for stmt in (s.strip() for s in text.split(";")):
+            if stmt:
+                cols, _rows = store.readonly_query(db_url, stmt)
+                assert cols, (f.name, stmt[:80])
+                n += 1
+    assert n >= 5
+    eng.dispose()

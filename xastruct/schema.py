@@ -201,3 +201,15 @@ matches = sa.Table(
     sa.Column("run_id", sa.BigInteger),
     _created(),
 )
+
+# A reference table, filled by migration 0005 (xastruct.periodic): join on a symbol column
+# (absorber, element, dominant_neighbor, label) to select by period or group in SQL.
+elements = sa.Table(
+    "elements",
+    metadata,
+    sa.Column("symbol", sa.String, primary_key=True),
+    sa.Column("z", sa.Integer, nullable=False, unique=True),
+    sa.Column("period", sa.Integer, nullable=False),
+    sa.Column("group_number", sa.Integer, nullable=False),  # 1-18; lanthanides / actinides 3 ("group" is SQL)
+    sa.Column("period_label", sa.String, nullable=False),  # '4 (K-Kr)', as `predict structure` prints it
+)

@@ -65,3 +65,10 @@ FROM per_element_metrics WHERE task = 'neighbor' ORDER BY element, kind, closed_
 SELECT formula, site_index, element, label, round(period_probability, 2) AS p_period
 FROM latest_predictions
 WHERE task = 'neighbor' AND neighbor_period = 4 AND period_probability > 0.8 ORDER BY p_period DESC LIMIT 20;
+
+-- The elements table: CN and distance of every absorber's sites by the neighbour's group of the
+-- periodic table (e.g. 16: O, S, Se, Te)
+SELECT s.element, n.group_number AS neighbour_group, count(*) AS sites, round(avg(s.cn), 2) AS mean_cn,
+       round(avg(s.mnnd), 3) AS mean_mnnd
+FROM sites s JOIN elements n ON n.symbol = s.dominant_neighbor
+GROUP BY 1, 2 ORDER BY 1, 2;
