@@ -29,7 +29,7 @@ def upgrade() -> None:
     for col in COLUMNS:
         op.add_column("predictions", col)
     for v in VIEWS:
-        op.execute(view_sql(v))
+        op.execute(view_sql(v, "0004"))  # as this migration made them (0006 changed two since)
 
 
 def downgrade() -> None:
