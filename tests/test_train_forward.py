@@ -564,3 +564,28 @@ def test_predict_spectrum_of_a_stored_structure(tiny, trained):
     assert missing.exit_code == 1 and "no stored structure" in missing.output
     nofile = run(["predict", "spectrum", "nope.cif", *base], ok=False)
     assert nofile.exit_code == 1 and "structure:<id>" in nofile.output
+
+
+def test_predict_spectrum_average_weights_sites_by_multiplicity(tiny, trained):
+    """--average: the multiplicity-weighted mean over every Cu site, as a measurement sees the cell."""
+    from pymatgen.core import Structure
+
+    from xastruct.labels import equivalent_sites
+
+    # a material with several inequivalent Cu sites of different multiplicity
+    for mat in sorted(tiny["tree"].iterdir()):
+        s = Structure.from_file(mat / "POSCAR")
+        reps = equivalent_sites(s)
+        cu = [i for i, site in enumerate(s) if site.specie.symbol == "Cu"]
+        mult = {r: sum(reps[i] == r for i in cu) for r in {reps[i] for i in cu}}
+        if len(mult) > 1:
+            break
+    else:
+        pytest.skip("no tiny material with two inequivalent Cu sites")
+    base = ["predict", "spectrum", mat / "POSCAR", "--element", "Cu", "--model", trained["model"].name, "--db",
+            tiny["url"], "--device", "cpu"]
+    doc = json.loads(run([*base, "--average", "--format", "json"]).stdout)
+    rows = {r["site"]: np.array(r["mean"]) for r in doc["sites"]}
+    w = {r: m / sum(mult.values()) for r, m in mult.items()}
+    np.testing.assert_allclose(rows["average"], sum(w[r] * rows[r] for r in mult), atol=1e-5)
+    assert "drop --site" in run([*base, "--average", "--site", cu[0]], ok=False).output

@@ -248,6 +248,9 @@ def predict_group() -> None:
 @click.option("--compare", "compare_file", type=click.Path(dir_okay=False), default=None,
               help="A measured or calculated XANES file (XDI, FEFF xmu.dat, two columns) to score the prediction "
                    "against: cosine and MAE after the best rigid shift (as `xastruct match`); drawn on the plot.")
+@click.option("--average", is_flag=True,
+              help="Also the multiplicity-weighted mean over every ELEMENT site of the cell: what a measurement "
+                   "sees (with --compare, the file is drawn against it).")
 @click.option("--broaden", default=None, metavar="FWHM|auto",
               help="With --compare: a Gaussian broadening (FWHM, eV) applied to the prediction before it is scored "
                    "and drawn (the experimental broadening a calculated XANES lacks), or 'auto': the FWHM of 0-16 eV "
@@ -255,12 +258,14 @@ def predict_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
-def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, broaden, fmt, device,
-                     db) -> None:
+def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, average, broaden, fmt,
+                     device, db) -> None:
     """Predicted spectrum of the ELEMENT sites of STRUCTURE (a structure file: CIF, POSCAR, pymatgen
     JSON, extxyz; or a stored one: structure:<id> / structure:<source_id>); with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
     unscaled for models trained before it), printed and drawn as an uncertainty band."""
+
+    import numpy as np
 
     from .. import match
     from .. import train as tr
@@ -289,13 +294,15 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     idx = [i for i, s in enumerate(structure) if getattr(s.specie, "symbol", str(s.specie)) == element]
     if not idx:
         raise InputError(structure_file, f"has no {element} site")
+    reps = equivalent_sites(structure)
     if sites:
+        if average:
+            raise InputError("--average", "is the mean over every site of the element", "drop --site, or --average")
         bad = [i for i in sites if i not in idx]
         if bad:
             raise InputError(structure_file, f"site(s) {bad} are not {element} sites", f"{element} sites are {idx}")
         chosen = list(sites)
     else:
-        reps = equivalent_sites(structure)
         chosen = sorted({reps[i] for i in idx})
     if compare_file and entry.kind != "XANES":
         raise InputError("--compare", f"compares XANES; {entry.name} predicts {entry.kind}",
@@ -312,10 +319,14 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                 raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
     query = match.read_query(compare_file, element=element, edge=edge) if compare_file else None
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
+    labels = [f"site {s}" for s in chosen]
+    if average:  # each inequivalent site weighted by its multiplicity in the cell
+        weights = np.array([sum(reps[i] == s for i in idx) for s in chosen], float)
+        preds = np.concatenate([preds, np.einsum("msg,s->mg", preds, weights / weights.sum())[:, None]], axis=1)
+        chosen, labels = [*chosen, "average"], [*labels, "average of all sites"]
     x = tr.grid_points(entry.grid)
     mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
-    cmp = (match.compare(query, x, mean, labels=[f"site {s}" for s in chosen], broaden=broaden)
-           if query is not None else None)
+    cmp = match.compare(query, x, mean, labels=labels, broaden=broaden) if query is not None else None
     band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
@@ -331,29 +342,30 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                                         | {"site": s} for s, c in zip(chosen, cmp)]}  # fmt: skip
         click.echo(json.dumps(doc))
     elif fmt == "csv":
-        click.echo(",".join([axis] + [f"site{s}_{c}" for s in chosen for c in ("mean", "sigma")]))
+        click.echo(",".join([axis] + [f"{s if s == 'average' else f'site{s}'}_{c}" for s in chosen
+                                      for c in ("mean", "sigma")]))
         for k, xv in enumerate(x):
             click.echo(",".join([f"{xv:g}"] + [f"{v:.6g}" for j in range(len(chosen)) for v in (mean[j, k], sigma[j, k])]))
     else:
         tbl = Table(title=f"{name}: predicted {element} {edge} {kind} ({qty}) by {entry.name}, {preds.shape[0]} seed(s)")
         tbl.add_column(axis, justify="right")
-        for s in chosen:
-            tbl.add_column(f"site {s}", justify="right")
+        for lab in labels:
+            tbl.add_column(lab, justify="right")
         for k, xv in enumerate(x):
             tbl.add_row(f"{xv:g}", *[f"{mean[j, k]:.4f} ± {sigma[j, k]:.4f}" for j in range(len(chosen))])
         out.print(tbl)
         if preds.shape[0] > 1:
             out.print(_band_note(preds.shape[0], band_scale))
     if cmp is not None and fmt != "json":
-        for s, c in zip(chosen, cmp):
-            console.print(f"{Path(query.name).name} vs site {s}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
+        for lab, c in zip(labels, cmp):
+            console.print(f"{Path(query.name).name} vs {lab}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
                           f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
                           f"{c['shift']:+.1f} eV added to the file's energies (its E0: {query.e0_definition})"
                           + (f", prediction broadened by a {c['fwhm']:g} eV FWHM Gaussian" if c["fwhm"] else "")
                           + (f" -- at the edge of the +-{c['shift_range']:g} eV search" if c["shift_at_limit"] else ""),
                           highlight=False)
     if plot:
-        _plot(plot, x, mean, sigma, chosen, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
+        _plot(plot, x, mean, sigma, labels, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
               band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None,
               compare=None if cmp is None else (Path(query.name).name, cmp))
         console.print(f"plot written to {plot}")
@@ -385,15 +397,15 @@ def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for j, s in enumerate(sites):
-        (line,) = ax.plot(x, mean[j], label=f"site {s}")
+    for j, lab in enumerate(sites):
+        (line,) = ax.plot(x, mean[j], label=lab, lw=2.0 if lab.startswith("average") else 1.5)
         if band:
             ax.fill_between(x, mean[j] - sigma[j], mean[j] + sigma[j], color=line.get_color(), alpha=0.25, lw=0)
-    if compare is not None:  # the file laid on the grid at the shift that best fits the first site
+    if compare is not None:  # the file at the shift that best fits the site average (else the first site)
         fname, cmp = compare
-        c = cmp[0]
+        c = cmp[-1] if sites[-1].startswith("average") else cmp[0]
         if c["fwhm"]:
-            ax.plot(x, c["spectrum"], color="C1", lw=1.0, label=f"site {sites[0]} broadened ({c['fwhm']:g} eV FWHM)")
+            ax.plot(x, c["spectrum"], color="0.35", lw=1.2, ls="-.", label=f"{c['label']} broadened ({c['fwhm']:g} eV FWHM)")
         ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--",
                 label=f"{fname} (shift {c['shift']:+.1f} eV; MAE {c['mae']:.3f})")
     ax.set_xlabel(axis)
