@@ -13,7 +13,8 @@ Part 1, for every measured file with EXAFS whose compound has a simulated twin i
 (StructureMatcher, bench_measured.library_twins): least-squares fit, over k = 3-11 1/A with k^2
 weight, of measured chi(k) = A exp(-2 k^2 ds2) chi_FEFF(sqrt(k^2 + dE / 3.81)) -- an amplitude
 factor, extra disorder and an E0 offset, the three numbers an EXAFS analyst fits -- and the
-shipped models' MNND read from the measured chi and from the twin's FEFF chi (EXAFS input only).
+shipped models' MNND read from the measured chi and from the twin's FEFF chi (EXAFS input only);
+the same fit with the forward EXAFS model's (the shipped path model's) chi of the twin in FEFF's place.
 
 Part 2 (--candidate): the newest models of a candidate store (e.g. trained with `--augment`) and
 the shipped models on every file through the same `inverse.predict_spectra` that `xastruct predict
@@ -62,6 +63,29 @@ def twin_chi(engine, twin: str, element: str) -> tuple[np.ndarray, int] | None:
     return np.mean([np.interp(k, np.asarray(a), np.asarray(b)) for a, b in rows], axis=0), len(rows)
 
 
+def twin_model_chi(engine, entry, twin: str, element: str) -> np.ndarray | None:
+    """chi(k) on EXAFS_GRID that the forward EXAFS model (*entry*) predicts for the twin structure:
+    the mean over the same stored absorber sites :func:`twin_chi` averages (model grid = EXAFS_GRID)."""
+    from pymatgen.core import Structure
+
+    from xastruct import inverse, train
+
+    with engine.connect() as c:
+        rows = c.exec_driver_sql(
+            "SELECT st.structure_json, si.site_index, sp.edge FROM spectra sp JOIN structures st ON st.id = sp.structure_id "
+            "JOIN sites si ON si.id = sp.site_id WHERE st.source_id = ? AND sp.absorber = ? AND sp.kind = 'EXAFS' "
+            "AND sp.edge = 'K'", (twin, element)).all()
+    if not rows or entry is None:
+        return None
+    js = rows[0][0]
+    structure = Structure.from_dict(js if isinstance(js, dict) else json.loads(js))
+    k2chi = train.predict_sites(entry, structure, [int(r[1]) for r in rows], device="cpu", edge="K")  # (m, sites, k)
+    k = train.grid_points(entry.grid)
+    if len(k) != len(inverse.EXAFS_GRID) or not np.allclose(k, inverse.EXAFS_GRID):
+        raise SystemExit(f"{entry.name}: grid {entry.grid} is not inverse.EXAFS_GRID")
+    return k2chi.mean(axis=(0, 1)) / k**2
+
+
 def fit_nuisance(meas: np.ndarray, sim: np.ndarray) -> dict:
     """A, ds2 (A^2), dE (eV) of meas(k) = A exp(-2 k^2 ds2) sim(sqrt(k^2 + dE/3.81)); R^2 of the
     k^2-weighted fit and of sim itself (A = 1, ds2 = dE = 0) over FIT_K."""
@@ -107,12 +131,17 @@ def twin_pairs(rows, engine):
 
 
 def part1(rows, engine, candidate=None) -> tuple[list[dict], dict]:
-    from xastruct import inverse
+    from xastruct import inverse, registry
 
     k = inverse.EXAFS_GRID
     out, curves = [], {}
+    # the forward EXAFS model (the shipped path model) in FEFF's place: the same fit against the scan
+    fwd = registry.latest(engine, "forward", None, None, "EXAFS", device="cpu")
     for r, inp, sim, n in twin_pairs(rows, engine):
         fit = fit_nuisance(inp.exafs / k**2, sim)
+        model_chi = twin_model_chi(engine, fwd, r["twin"], r["element"])
+        if model_chi is not None:
+            fit.update({f"model_{key}": v for key, v in fit_nuisance(inp.exafs / k**2, model_chi).items()})
         on_meas = predict(engine, inp, xanes=None)
         on_sim = predict(engine, inp, xanes=None, exafs=sim * k**2)
         out.append({"file": r["file"], "compound": r["compound"], "T": r["T"], "truth": r["truth"]["mnnd"],
@@ -121,7 +150,8 @@ def part1(rows, engine, candidate=None) -> tuple[list[dict], dict]:
         if candidate is not None:
             out[-1]["cand_meas"] = predict(candidate, inp, xanes=None).get("mnnd")
             out[-1]["cand_sim"] = predict(candidate, inp, xanes=None, exafs=sim * k**2).get("mnnd")
-        curves[r["file"]] = (inp.exafs, sim * k**2, out[-1])
+        out[-1]["model"] = fwd.name if model_chi is not None else None
+        curves[r["file"]] = (inp.exafs, sim * k**2, out[-1], None if model_chi is None else model_chi * k**2)
         log(f"{r['file']}: A {fit['A']:.2f} ds2 {fit['ds2'] * 1e3:+.1f}e-3 dE {fit['dE']:+.1f} eV; MNND "
             f"measured {on_meas.get('mnnd', np.nan):.2f} / FEFF {on_sim.get('mnnd', np.nan):.2f} / true {r['truth']['mnnd']:.2f}")
     return out, curves
@@ -138,14 +168,18 @@ def plot(curves: dict, path: Path) -> None:
     names = [f for f in PLOT_FILES if f in curves]
     fig, ax = plt.subplots(len(names), 2, figsize=(11, 2.6 * len(names)), squeeze=False)
     for i, f in enumerate(names):
-        meas, sim, rec = curves[f]
+        meas, sim, rec, model = curves[f]
         ax[i, 0].plot(inverse.EXAFS_GRID, meas, label=f"measured (model: {rec['mnnd_meas']:.2f} A)")
         ax[i, 0].plot(inverse.EXAFS_GRID, sim, label=f"FEFF, same crystal (model: {rec['mnnd_sim']:.2f} A)")
+        if model is not None:
+            ax[i, 0].plot(inverse.EXAFS_GRID, model, lw=1.0, ls="--", label="forward path model, same crystal")
         ax[i, 0].set_title(f"{rec['compound']}, {f}: MNND {rec['truth']:.2f} A", fontsize=9)
         ax[i, 0].set_ylabel("k$^2$ chi(k)")
         ax[i, 0].legend(fontsize=7)
         ax[i, 1].plot(inverse.R_GRID, inverse.chir_magnitude(meas)[0])
         ax[i, 1].plot(inverse.R_GRID, inverse.chir_magnitude(sim)[0])
+        if model is not None:
+            ax[i, 1].plot(inverse.R_GRID, inverse.chir_magnitude(model)[0], lw=1.0, ls="--")
         ax[i, 1].set_ylabel("|chi(R)|")
     ax[-1, 0].set_xlabel("k (1/A)")
     ax[-1, 1].set_xlabel("R (A), not phase-corrected")
@@ -186,6 +220,10 @@ def summary(recs: list[dict], key: str) -> str:
     return f"{err.mean():.3f} (median {np.median(err):.3f}) | {cn:.2f} | {nb:.2f} | {len(rr)}"
 
 
+def _g(r: dict, key: str) -> str:
+    return "-" if r.get(key) is None else f"{r[key]:.2f}"
+
+
 def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
     from xastruct import inverse
 
@@ -205,13 +243,14 @@ def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
         "measured chi(k) = A exp(-2 k^2 ds2) chi_FEFF(sqrt(k^2 + dE/3.81)); R^2 raw = FEFF chi as it is. "
         "MNND columns: the shipped EXAFS-input models on the measured chi and on the twin's FEFF chi.",
         "",
-        "| compound | file | T | A | ds2 (1e-3 A^2) | dE (eV) | R^2 raw | R^2 fit | true MNND | MNND from measured | MNND from FEFF | neighbour measured / FEFF |"
+        "| compound | file | T | A | ds2 (1e-3 A^2) | dE (eV) | R^2 raw | R^2 fit | path model: R^2 raw | R^2 fit | A | true MNND | MNND from measured | MNND from FEFF | neighbour measured / FEFF |"
         + (" candidate: MNND from measured / FEFF |" if p2 is not None else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if p2 is not None else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if p2 is not None else ""),
     ]
     for r in p1:
         lines.append(f"| {r['compound']} | {r['file']} | {r['T']} | {r['A']:.2f} | {r['ds2'] * 1e3:+.1f} | {r['dE']:+.1f} | "
-                     f"{r['r2_raw']:.2f} | {r['r2_fit']:.2f} | {r['truth']:.3f} | {r['mnnd_meas']:.3f} | {r['mnnd_sim']:.3f} | "
+                     f"{r['r2_raw']:.2f} | {r['r2_fit']:.2f} | {_g(r, 'model_r2_raw')} | {_g(r, 'model_r2_fit')} | "
+                     f"{_g(r, 'model_A')} | {r['truth']:.3f} | {r['mnnd_meas']:.3f} | {r['mnnd_sim']:.3f} | "
                      f"{r['nb_meas']} / {r['nb_sim']} |"
                      + (f" {r['cand_meas']:.3f} / {r['cand_sim']:.3f} |" if "cand_meas" in r else ""))
     if p1:
@@ -223,6 +262,12 @@ def report(p1: list[dict], p2: list[dict] | None, args, elapsed: float) -> str:
                      f"{np.mean([abs(r['cand_sim'] - r['truth']) for r in p1]):.3f} A)" if p1 and "cand_meas" in p1[0] else "")
                   + f". Median fitted A {np.median([r['A'] for r in p1]):.2f}, ds2 "
                   f"{np.median([r['ds2'] for r in p1]) * 1e3:+.1f}e-3 A^2, dE {np.median([r['dE'] for r in p1]):+.1f} eV.",
+                  *([f"The forward path model ({p1[0]['model']}) in FEFF's place, on the same sites of the same crystal: "
+                     f"median R^2 raw {np.median([r['model_r2_raw'] for r in p1 if 'model_r2_raw' in r]):.2f} vs FEFF's "
+                     f"{np.median([r['r2_raw'] for r in p1]):.2f}, after the same three-parameter fit "
+                     f"{np.median([r['model_r2_fit'] for r in p1 if 'model_r2_fit' in r]):.2f} vs "
+                     f"{np.median([r['r2_fit'] for r in p1]):.2f} (the model learned feff8l's chi, so FEFF bounds it)."]
+                    if any("model_r2_fit" in r for r in p1) else []),
                   "", "![measured vs FEFF](sim_vs_measured.png)"]
     if p2 is not None:
         lines += ["", f"## Part 2: {args.shipped_label} ('shipped') vs {args.candidate_label} ('candidate')", "",
