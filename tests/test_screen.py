@@ -427,7 +427,7 @@ def test_inverse_batches_written_behind_are_whole_and_errors_surface(duck, tmp_p
     store.dispose_engines()
 
 
-def test_update_documents_rewrites_row_and_meta_on_both_backends(db_url, tmp_path):
+def test_update_documents_rewrites_row_and_meta_on_both_backends(db_url, tmp_path, monkeypatch):
     """registry.update_documents (behind `train calibrate`): the row's JSON and meta.json both change."""
     import shutil
 
@@ -447,3 +447,18 @@ def test_update_documents_rewrites_row_and_meta_on_both_backends(db_url, tmp_pat
     meta = json.loads((art / "meta.json").read_text())
     assert meta["config"]["band_scale"] == 2.5 and meta["name"] == entry.name
     assert not list(art.glob("*.tmp"))
+    # an artifact folder that cannot be written (e.g. a read-only package install): a clear error, and
+    # neither the row nor meta.json changes (simulated: the tests may run as root, who writes anyway)
+    from pathlib import Path
+
+    from xastruct.errors import InputError
+
+    def refuse(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    with pytest.raises(InputError, match="cannot be rewritten"):
+        registry.update_documents(eng, again, config={**again.config, "band_scale": 9.0})
+    monkeypatch.undo()
+    assert registry.list_models(eng)[0].config["band_scale"] == 2.5 and not list(art.glob("*.tmp"))
+    assert json.loads((art / "meta.json").read_text())["config"]["band_scale"] == 2.5

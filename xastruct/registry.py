@@ -200,8 +200,13 @@ def update_documents(engine: sa.Engine, entry: ModelEntry, *, config: dict | Non
         meta = json.loads(meta_path.read_text())
         meta.update(json.loads(json.dumps(changes, default=float)))
         tmp = meta_path.with_name(META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        tmp.replace(meta_path)
+        try:
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            tmp.replace(meta_path)
+        except OSError as exc:  # e.g. shipped models inside a read-only package install: change nothing
+            tmp.unlink(missing_ok=True)
+            raise InputError(str(meta_path), f"cannot be rewritten ({exc.strerror or exc})",
+                             "make the model's artifact folder writable (or retrain the model)") from None
     with engine.begin() as conn:
         conn.execute(sa.update(models_t).where(models_t.c.id == entry.id).values(**changes))
 
