@@ -39,8 +39,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_measured import XASLIB  # noqa: E402  (owned by bench_measured.py: same files, same place)
 
 OUT = ROOT / "benchmarks" / "results" / "sim_vs_measured.md"
-FIT_K = (3.0, 11.0)
-DE_STARTS = np.arange(-15.0, 15.1, 3.0)  # E0 has local minima one oscillation apart: start from several
 PLOT_FILES = ("Cu_Foil_rt_2016Foils.xdi", "cr2o3_rt_001.xdi", "Fe2O3_rt_01.xdi", "FeO_rt_01.xdi", "ZnO.xdi",
               "Chorover13BM_Znfoil_rt_01.xdi")
 
@@ -88,25 +86,12 @@ def twin_model_chi(engine, entry, twin: str, element: str) -> np.ndarray | None:
 
 def fit_nuisance(meas: np.ndarray, sim: np.ndarray) -> dict:
     """A, ds2 (A^2), dE (eV) of meas(k) = A exp(-2 k^2 ds2) sim(sqrt(k^2 + dE/3.81)); R^2 of the
-    k^2-weighted fit and of sim itself (A = 1, ds2 = dE = 0) over FIT_K."""
-    from scipy.optimize import least_squares
+    k^2-weighted fit and of sim itself over match.EXAFS_FIT_K (`match.fit_exafs`, what `predict spectrum --compare`
+    reports for an EXAFS model)."""
+    from xastruct import inverse, match
 
-    from xastruct import inverse
-
-    k = inverse.EXAFS_GRID
-    sel = (k >= FIT_K[0]) & (k <= FIT_K[1])
-
-    def resid(p):
-        a, s, de = p
-        kt = np.sqrt(np.maximum(k**2 + de / 3.8099821, 0.0))
-        return (a * np.exp(-2 * k**2 * s) * np.interp(kt, k, sim) - meas)[sel] * k[sel] ** 2
-
-    best = min((least_squares(resid, [0.9, 0.002, d0], bounds=([0.1, -0.02, -30], [3, 0.03, 30])) for d0 in DE_STARTS),
-               key=lambda r: r.cost)
-    tot = float(np.sum((meas * k**2)[sel] ** 2))
-    a, s, de = best.x
-    return {"A": float(a), "ds2": float(s), "dE": float(de), "r2_fit": 1 - 2 * float(best.cost) / tot,
-            "r2_raw": 1 - float(np.sum(((sim - meas) * k**2)[sel] ** 2)) / tot}
+    got = match.fit_exafs(inverse.EXAFS_GRID, meas, sim)
+    return {key: got[key] for key in ("A", "ds2", "dE", "r2_fit", "r2_raw")}
 
 
 def predict(engine, inp, **kinds) -> dict:

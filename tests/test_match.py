@@ -419,3 +419,16 @@ def test_gaussian_broaden_and_auto_broadening_recovers_the_width():
     assert raw["fwhm"] == 0.0 and auto["fwhm"] == pytest.approx(5.0, abs=1.0) and auto["mae"] < raw["mae"] / 3
     fixed = m.compare(q, x, sharp, shift_range=2.0, broaden=5.0)[0]
     assert fixed["fwhm"] == 5.0 and fixed["mae"] == pytest.approx(auto["mae"], abs=0.01)
+
+
+def test_fit_exafs_recovers_amplitude_disorder_and_e0():
+    k = np.round(np.arange(2.0, 12.0 + 1e-9, 0.05), 6)
+    calc = np.sin(2 * k * 2.5 + 0.3) * np.exp(-0.1 * k) / k  # one shell at 2.5 A
+    a, s, de = 0.8, 0.003, 4.0
+    kt = np.sqrt(k**2 + de / 3.8099821)
+    meas = a * np.exp(-2 * k**2 * s) * np.interp(kt, k, calc)
+    fit = m.fit_exafs(k, meas, calc)
+    assert fit["A"] == pytest.approx(a, abs=0.02) and fit["ds2"] == pytest.approx(s, abs=2e-4)
+    assert fit["dE"] == pytest.approx(de, abs=0.3) and fit["r2_fit"] > 0.999 and fit["r2_fit"] > fit["r2_raw"]
+    sel = (k >= 3) & (k <= 11)
+    np.testing.assert_allclose(fit["fitted"][sel], (meas * k**2)[sel], atol=0.01)

@@ -17,6 +17,8 @@ from xastruct import screen as scr
 from xastruct.cli import main
 from xastruct.models import PathEXAFS, load_model
 
+from .conftest import XASLIB
+
 K = np.round(np.arange(0.0, 14.0 + 1e-9, 0.05), 6)
 SPECTATORS = ["Mg", "Ca", "Sr", "Ba", "Ni", "Co", "Fe", "Mn", "Cd"]
 
@@ -198,3 +200,21 @@ def test_report_map_shows_the_universal_model_per_absorber(universal):
     for el in ("Cu", "Zn"):
         assert cells[el]["error"] == pytest.approx(e.metrics["per_pair"][f"{el}:K"]["test"]["mae"])
     assert set(_model_cells([row], ["Zn"])[("forward", "EXAFS", "K")]) == {"Zn"}
+
+
+@pytest.mark.skipif(not (XASLIB / "Cu" / "CuO_tenorite_13K_01.xdi").exists(), reason="shared xaslib data not found")
+def test_predict_spectrum_fits_an_exafs_prediction_to_a_measured_scan(universal, tmp_path):
+    """predict spectrum --kind EXAFS --compare: amplitude, disorder and E0 fitted between the predicted
+    and the measured k^2 chi(k) (match.fit_exafs), printed, in JSON and drawn."""
+    cif = tmp_path / "cuo_rs.cif"
+    _rocksalt("Cu", "O", 4.2).to(filename=str(cif))
+    scan = XASLIB / "Cu" / "CuO_tenorite_13K_01.xdi"
+    base = ["predict", "spectrum", cif, "--element", "Cu", "--kind", "EXAFS", "--compare", scan, "--db",
+            universal["url"], "--device", "cpu"]
+    doc = json.loads(run([*base, "--format", "json"]).stdout)
+    c = doc["compare"]["sites"][0]
+    assert 0.1 <= c["A"] <= 3 and c["r2_fit"] >= c["r2_raw"] - 1e-9 and c["k_range"] == [3.0, 11.0]
+    png = tmp_path / "fit.png"
+    out = run([*base, "--plot", png]).output
+    assert "after fitting amplitude" in out and png.read_bytes()[:4] == b"\x89PNG"
+    assert "applies to XANES" in run([*base, "--broaden", "2"], ok=False).output

@@ -660,6 +660,40 @@ def _compare_rows(query: Query, x: np.ndarray, rows: np.ndarray, shift_range: fl
     return out
 
 
+#: k range (1/A) and weight of :func:`fit_exafs`: where measured chi(k) is reliable and FEFF's too
+EXAFS_FIT_K = (3.0, 11.0)
+#: E0 has local minima one oscillation apart: the fit starts from each of these offsets (eV)
+EXAFS_FIT_DE_STARTS = tuple(float(d) for d in range(-15, 16, 3))
+
+
+def fit_exafs(k: np.ndarray, measured_chi: np.ndarray, calculated_chi: np.ndarray) -> dict:
+    """The three numbers an EXAFS analyst fits between a calculated and a measured chi(k) of the same
+    structure: measured = A exp(-2 k^2 ds2) calculated(sqrt(k^2 + dE / 3.81)), least squares of the
+    k^2-weighted difference over :data:`EXAFS_FIT_K`. Returns A, ds2 (A^2), dE (eV), R^2 of the fit
+    and of the calculated chi as it is (``r2_raw``), and the fitted curve as k^2 chi (``fitted``)."""
+    from scipy.optimize import least_squares
+
+    k = np.asarray(k, float)
+    meas, calc = np.asarray(measured_chi, float), np.asarray(calculated_chi, float)
+    sel = (k >= EXAFS_FIT_K[0]) & (k <= EXAFS_FIT_K[1])
+
+    def model(p):
+        a, s, de = p
+        kt = np.sqrt(np.maximum(k**2 + de / 3.8099821, 0.0))
+        return a * np.exp(-2 * k**2 * s) * np.interp(kt, k, calc)
+
+    def resid(p):
+        return (model(p) - meas)[sel] * k[sel] ** 2
+
+    best = min((least_squares(resid, [0.9, 0.002, d0], bounds=([0.1, -0.02, -30], [3, 0.03, 30]))
+                for d0 in EXAFS_FIT_DE_STARTS), key=lambda r: r.cost)
+    tot = float(np.sum((meas * k**2)[sel] ** 2))
+    a, s, de = (float(v) for v in best.x)
+    return {"A": a, "ds2": s, "dE": de, "r2_fit": 1 - 2 * float(best.cost) / tot,
+            "r2_raw": 1 - float(np.sum(((calc - meas) * k**2)[sel] ** 2)) / tot, "k_range": list(EXAFS_FIT_K),
+            "fitted": model(best.x) * k**2}
+
+
 def match_key(query: Query, *, metric: str, against: str, shift_range: float, candidate: str, cand_id: int,
               candidate_state: str = "") -> str:
     """Same query, settings and candidate set -> same key (a rerun adds nothing); once the candidate

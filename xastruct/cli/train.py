@@ -246,8 +246,9 @@ def predict_group() -> None:
                    "paths for EXAFS, universal ones included -- else the newest forward model).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save a plot (PNG/PDF/SVG) here.")
 @click.option("--compare", "compare_file", type=click.Path(dir_okay=False), default=None,
-              help="A measured or calculated XANES file (XDI, FEFF xmu.dat, two columns) to score the prediction "
-                   "against: cosine and MAE after the best rigid shift (as `xastruct match`); drawn on the plot.")
+              help="A measured or calculated spectrum file (XDI, FEFF xmu.dat, two columns) to score the prediction "
+                   "against, drawn on the plot. XANES: cosine and MAE after the best rigid shift (as `xastruct "
+                   "match`). EXAFS: R^2 of k^2 chi(k) after fitting amplitude, extra disorder and E0 (k 3-11).")
 @click.option("--average", is_flag=True,
               help="Also the multiplicity-weighted mean over every ELEMENT site of the cell: what a measurement "
                    "sees (with --compare, the file is drawn against it).")
@@ -304,9 +305,8 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         chosen = list(sites)
     else:
         chosen = sorted({reps[i] for i in idx})
-    if compare_file and entry.kind != "XANES":
-        raise InputError("--compare", f"compares XANES; {entry.name} predicts {entry.kind}",
-                         "use a XANES model (--kind XANES), or `xastruct predict structure` to read an EXAFS scan")
+    if broaden is not None and entry.kind != "XANES":
+        raise InputError("--broaden", "applies to XANES", "for EXAFS the fit's extra disorder plays its part: drop it")
     if broaden is not None:
         if not compare_file:
             raise InputError("--broaden", "only applies with --compare FILE", "add --compare measured.xdi, or drop --broaden")
@@ -317,7 +317,16 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                 raise InputError("--broaden", f"{broaden!r} is not a width", "give a FWHM in eV (e.g. 3) or 'auto'") from None
             if not 0 <= broaden <= 50:
                 raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
-    query = match.read_query(compare_file, element=element, edge=edge) if compare_file else None
+    query = exafs_in = None
+    if compare_file and entry.kind == "XANES":
+        query = match.read_query(compare_file, element=element, edge=edge)
+    elif compare_file:  # EXAFS: the file's chi(k) on the model's k grid, as `predict structure` extracts it
+        from ..inverse import EXAFS_GRID, spectrum_features
+
+        exafs_in = spectrum_features(compare_file, element=element, edge=edge).exafs
+        if exafs_in is None:
+            raise InputError(compare_file, f"gives no chi(k) up to k = {EXAFS_GRID[-1]:g} 1/A",
+                             "compare an EXAFS prediction with a scan (or FEFF chi.dat) that reaches it")
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     labels = [f"site {s}" for s in chosen]
     if average:  # each inequivalent site weighted by its multiplicity in the cell
@@ -327,6 +336,11 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     x = tr.grid_points(entry.grid)
     mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
     cmp = match.compare(query, x, mean, labels=labels, broaden=broaden) if query is not None else None
+    if exafs_in is not None:  # amplitude, extra disorder and E0 fitted, as an EXAFS analyst would
+        cmp = []
+        for lab, row in zip(labels, mean):
+            fit = match.fit_exafs(x, exafs_in / x**2, row / x**2)
+            cmp.append({"label": lab, **fit, "spectrum": fit.pop("fitted"), "query_on_grid": exafs_in})
     band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
@@ -336,10 +350,12 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                "sites": [{"site": s, "mean": mean[j].tolist(), "sigma": sigma[j].tolist(), "std": std[j].tolist()}
                          for j, s in enumerate(chosen)]}  # fmt: skip
         if cmp is not None:
-            doc["compare"] = {"file": query.name, "e0": query.e0, "e0_definition": query.e0_definition,
-                              "shift_sign": "eV added to the file's E - E0",
-                              "sites": [{k: v for k, v in c.items() if k not in ("query_on_grid", "spectrum")}
-                                        | {"site": s} for s, c in zip(chosen, cmp)]}  # fmt: skip
+            about = ({"e0": query.e0, "e0_definition": query.e0_definition, "shift_sign": "eV added to the file's E - E0"}
+                     if query is not None else {"model": "measured = A exp(-2 k^2 ds2) predicted(sqrt(k^2 + dE/3.81))"})
+            doc["compare"] = {"file": str(compare_file), **about,
+                              "sites": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()
+                                         if k not in ("query_on_grid", "spectrum")} | {"site": s}
+                                        for s, c in zip(chosen, cmp)]}  # fmt: skip
         click.echo(json.dumps(doc))
     elif fmt == "csv":
         click.echo(",".join([axis] + [f"{s if s == 'average' else f'site{s}'}_{c}" for s in chosen
@@ -356,7 +372,13 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         out.print(tbl)
         if preds.shape[0] > 1:
             out.print(_band_note(preds.shape[0], band_scale))
-    if cmp is not None and fmt != "json":
+    if exafs_in is not None and fmt != "json":
+        for c in cmp:
+            console.print(f"{Path(compare_file).name} vs {c['label']}: R^2 {c['r2_fit']:.3f} after fitting amplitude "
+                          f"A = {c['A']:.2f}, extra disorder ds2 = {c['ds2'] * 1e3:+.1f}e-3 A^2 and E0 shift dE = "
+                          f"{c['dE']:+.1f} eV (k {c['k_range'][0]:g}-{c['k_range'][1]:g} 1/A, k^2 weight; "
+                          f"R^2 {c['r2_raw']:.3f} as predicted)", highlight=False)
+    elif cmp is not None and fmt != "json":
         for lab, c in zip(labels, cmp):
             console.print(f"{Path(query.name).name} vs {lab}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
                           f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
@@ -367,7 +389,7 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
     if plot:
         _plot(plot, x, mean, sigma, labels, axis=axis, quantity=qty, title=f"{name} — {entry.name}",
               band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None,
-              compare=None if cmp is None else (Path(query.name).name, cmp))
+              compare=None if cmp is None else (Path(compare_file).name, cmp))
         console.print(f"plot written to {plot}")
 
 
@@ -404,10 +426,16 @@ def _plot(path, x, mean, sigma, sites, *, axis, quantity, title, band: str | Non
     if compare is not None:  # the file at the shift that best fits the site average (else the first site)
         fname, cmp = compare
         c = cmp[-1] if sites[-1].startswith("average") else cmp[0]
-        if c["fwhm"]:
-            ax.plot(x, c["spectrum"], color="0.35", lw=1.2, ls="-.", label=f"{c['label']} broadened ({c['fwhm']:g} eV FWHM)")
-        ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--",
-                label=f"{fname} (shift {c['shift']:+.1f} eV; MAE {c['mae']:.3f})")
+        if "r2_fit" in c:  # EXAFS: the fitted prediction and the scan's k^2 chi(k)
+            ax.plot(x, c["spectrum"], color="0.35", lw=1.2, ls="-.",
+                    label=f"{c['label']} fitted (A {c['A']:.2f}, ds2 {c['ds2'] * 1e3:+.1f}e-3, dE {c['dE']:+.1f})")
+            ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--", label=f"{fname} (R^2 {c['r2_fit']:.2f} fitted)")
+        else:
+            if c["fwhm"]:
+                ax.plot(x, c["spectrum"], color="0.35", lw=1.2, ls="-.",
+                        label=f"{c['label']} broadened ({c['fwhm']:g} eV FWHM)")
+            ax.plot(x, c["query_on_grid"], color="k", lw=1.2, ls="--",
+                    label=f"{fname} (shift {c['shift']:+.1f} eV; MAE {c['mae']:.3f})")
     ax.set_xlabel(axis)
     # the grid's quantity key, spelled as a physicist labels the axis
     ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(quantity, quantity))
