@@ -68,6 +68,7 @@ __all__ = [
     "Candidates",
     "MatchResult",
     "compare",
+    "compare_file",
     "Query",
     "load_candidates",
     "match",
@@ -692,6 +693,36 @@ def fit_exafs(k: np.ndarray, measured_chi: np.ndarray, calculated_chi: np.ndarra
     return {"A": a, "ds2": s, "dE": de, "r2_fit": 1 - 2 * float(best.cost) / tot,
             "r2_raw": 1 - float(np.sum(((calc - meas) * k**2)[sel] ** 2)) / tot, "k_range": list(EXAFS_FIT_K),
             "fitted": model(best.x) * k**2}
+
+
+def compare_file(path, x: np.ndarray, spectra: np.ndarray, *, kind: str, element: str, edge: str | None = None,
+                 labels: Sequence[str] | None = None, broaden: float | str | None = None) -> tuple[list[dict], dict]:
+    """A spectrum file against predicted rows on the model grid *x* (what `predict spectrum --compare`
+    prints): XANES by :func:`compare` (rigid shift; cosine, MAE; optional broadening), EXAFS (rows =
+    k^2 chi(k) on the inverse models' k grid) by :func:`fit_exafs` of each row to the file's chi(k) as
+    `predict structure` extracts it. Returns the per-row results and what the numbers mean."""
+    rows = np.atleast_2d(np.asarray(spectra, float))
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(rows))]
+    if kind == "XANES":
+        query = read_query(path, element=element, edge=edge)
+        about = {"e0": query.e0, "e0_definition": query.e0_definition, "shift_sign": "eV added to the file's E - E0"}
+        return compare(query, x, rows, labels=labels, broaden=broaden), about
+    if broaden is not None:
+        raise InputError("--broaden", "applies to XANES", "for EXAFS the fit's extra disorder plays its part: drop it")
+    from .inverse import EXAFS_GRID, spectrum_features
+
+    if len(x) != len(EXAFS_GRID) or not np.allclose(x, EXAFS_GRID):
+        raise InputError(str(path), "the model's k grid is not the one measured chi(k) is extracted on",
+                         "compare with a model on inverse.EXAFS_GRID (k 2-12 1/A, 0.05 steps)")
+    measured = spectrum_features(path, element=element, edge=edge).exafs  # k^2 chi(k) on EXAFS_GRID
+    if measured is None:
+        raise InputError(str(path), f"gives no chi(k) up to k = {EXAFS_GRID[-1]:g} 1/A",
+                         "compare an EXAFS prediction with a scan (or FEFF run) that reaches it")
+    out = []
+    for lab, row in zip(labels, rows):
+        fit = fit_exafs(x, measured / x**2, row / x**2)
+        out.append({"label": lab, **fit, "spectrum": fit.pop("fitted"), "query_on_grid": measured})
+    return out, {"model": "measured = A exp(-2 k^2 ds2) predicted(sqrt(k^2 + dE/3.81))"}
 
 
 def match_key(query: Query, *, metric: str, against: str, shift_range: float, candidate: str, cand_id: int,

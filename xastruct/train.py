@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import registry
+from . import registry, store
 from .errors import InputError
 from .models import ModelIO, ForwardModel, SpectrumHead, make_encoder, pick_device
 from .schema import sites as sites_t
@@ -1365,6 +1365,46 @@ def calibrate_band(engine: sa.Engine, entry: registry.ModelEntry, *, device: str
     registry.update_documents(engine, entry, config=_json_safe(config), metrics=_json_safe(metrics))
     entry.config, entry.metrics = config, metrics
     return result
+
+
+def resolve_structure(engine: sa.Engine, ref: str) -> tuple[str, Any]:
+    """(name, Structure) of a structure file holding one structure, or of a stored structure named
+    ``structure:<id>`` / ``structure:<source_id>``."""
+    from .readers import read_structures
+
+    if ref.startswith(store.STRUCTURE_REF):
+        return store.stored_structure(engine, ref)
+    if not Path(ref).is_file():
+        raise InputError(ref, "no such file", "give a structure file (CIF, POSCAR, ...) or a stored one as structure:<id>")
+    structs = read_structures(ref)
+    if len(structs) != 1:
+        raise InputError(ref, f"holds {len(structs)} structures", "pass a file with one structure")
+    return structs[0]
+
+
+def element_sites(structure: Any, element: str, sites: Sequence[int] = (), *, source: str = "structure"
+                  ) -> tuple[list[int], np.ndarray]:  # fmt: skip
+    """The *element* sites to predict -- *sites* as given, else one per symmetry orbit -- and each
+    one's multiplicity in the cell (what a site-averaged, i.e. measured, spectrum weights it by)."""
+    from .labels import equivalent_sites
+
+    idx = [i for i, s in enumerate(structure) if site_element(structure, i) == element]
+    if not idx:
+        raise InputError(source, f"has no {element} site")
+    reps = equivalent_sites(structure)
+    if sites:
+        bad = [i for i in sites if i not in idx]
+        if bad:
+            raise InputError(source, f"site(s) {bad} are not {element} sites", f"{element} sites are {idx}")
+        return list(sites), np.ones(len(sites))
+    chosen = sorted({reps[i] for i in idx})
+    return chosen, np.array([sum(reps[i] == s for i in idx) for s in chosen], float)
+
+
+def site_average(member_preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(members, sites, grid) -> (members, grid): each member's multiplicity-weighted site mean."""
+    w = np.asarray(weights, float)
+    return np.einsum("msg,s->mg", member_preds, w / w.sum())
 
 
 def pooled_pairs(entry: registry.ModelEntry, structure: Any, sites: Sequence[int], *, edge: str | None = None

@@ -270,43 +270,9 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
 
     from .. import match
     from .. import train as tr
-    from ..labels import equivalent_sites
-    from ..readers import read_structures
 
-    eng = store.get_engine(db)
-    if structure_file.startswith(store.STRUCTURE_REF):
-        name, structure = store.stored_structure(eng, structure_file)
-    else:
-        if not Path(structure_file).is_file():
-            raise InputError(structure_file, "no such file",
-                             "give a structure file (CIF, POSCAR, ...) or a stored one as structure:<id>")
-        structs = read_structures(structure_file)
-        if len(structs) != 1:
-            raise InputError(structure_file, f"holds {len(structs)} structures", "pass a file with one structure")
-        name, structure = structs[0]
-    if model_name:
-        entry = registry.load(eng, model_name, device=device)
-    else:
-        entry = _latest_entry(eng, element, edge, kind, device)
-    if not tr.serves(entry, element, edge) or entry.kind != kind:
-        covers = f"{entry.element} {entry.edge}" if entry.element else f"{len(entry.config.get('pairs', []))} absorber/edge pairs"
-        raise InputError(f"model {entry.name}", f"is for {covers} {entry.kind}, not {element} {edge} {kind}",
-                         "pick a matching --model (see `xastruct models`)")  # fmt: skip
-    idx = [i for i, s in enumerate(structure) if getattr(s.specie, "symbol", str(s.specie)) == element]
-    if not idx:
-        raise InputError(structure_file, f"has no {element} site")
-    reps = equivalent_sites(structure)
-    if sites:
-        if average:
-            raise InputError("--average", "is the mean over every site of the element", "drop --site, or --average")
-        bad = [i for i in sites if i not in idx]
-        if bad:
-            raise InputError(structure_file, f"site(s) {bad} are not {element} sites", f"{element} sites are {idx}")
-        chosen = list(sites)
-    else:
-        chosen = sorted({reps[i] for i in idx})
-    if broaden is not None and entry.kind != "XANES":
-        raise InputError("--broaden", "applies to XANES", "for EXAFS the fit's extra disorder plays its part: drop it")
+    if average and sites:
+        raise InputError("--average", "is the mean over every site of the element", "drop --site, or --average")
     if broaden is not None:
         if not compare_file:
             raise InputError("--broaden", "only applies with --compare FILE", "add --compare measured.xdi, or drop --broaden")
@@ -317,30 +283,26 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                 raise InputError("--broaden", f"{broaden!r} is not a width", "give a FWHM in eV (e.g. 3) or 'auto'") from None
             if not 0 <= broaden <= 50:
                 raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
-    query = exafs_in = None
-    if compare_file and entry.kind == "XANES":
-        query = match.read_query(compare_file, element=element, edge=edge)
-    elif compare_file:  # EXAFS: the file's chi(k) on the model's k grid, as `predict structure` extracts it
-        from ..inverse import EXAFS_GRID, spectrum_features
-
-        exafs_in = spectrum_features(compare_file, element=element, edge=edge).exafs
-        if exafs_in is None:
-            raise InputError(compare_file, f"gives no chi(k) up to k = {EXAFS_GRID[-1]:g} 1/A",
-                             "compare an EXAFS prediction with a scan (or FEFF chi.dat) that reaches it")
+    eng = store.get_engine(db)
+    name, structure = tr.resolve_structure(eng, structure_file)
+    if model_name:
+        entry = registry.load(eng, model_name, device=device)
+    else:
+        entry = _latest_entry(eng, element, edge, kind, device)
+    if not tr.serves(entry, element, edge) or entry.kind != kind:
+        covers = f"{entry.element} {entry.edge}" if entry.element else f"{len(entry.config.get('pairs', []))} absorber/edge pairs"
+        raise InputError(f"model {entry.name}", f"is for {covers} {entry.kind}, not {element} {edge} {kind}",
+                         "pick a matching --model (see `xastruct models`)")  # fmt: skip
+    chosen, weights = tr.element_sites(structure, element, sites, source=structure_file)
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     labels = [f"site {s}" for s in chosen]
-    if average:  # each inequivalent site weighted by its multiplicity in the cell
-        weights = np.array([sum(reps[i] == s for i in idx) for s in chosen], float)
-        preds = np.concatenate([preds, np.einsum("msg,s->mg", preds, weights / weights.sum())[:, None]], axis=1)
+    if average:  # what a measurement sees: every site, weighted by its multiplicity
+        preds = np.concatenate([preds, tr.site_average(preds, weights)[:, None]], axis=1)
         chosen, labels = [*chosen, "average"], [*labels, "average of all sites"]
     x = tr.grid_points(entry.grid)
     mean, std, sigma = preds.mean(0), tr.seed_spread(preds), tr.band_sigma(entry.config, preds)
-    cmp = match.compare(query, x, mean, labels=labels, broaden=broaden) if query is not None else None
-    if exafs_in is not None:  # amplitude, extra disorder and E0 fitted, as an EXAFS analyst would
-        cmp = []
-        for lab, row in zip(labels, mean):
-            fit = match.fit_exafs(x, exafs_in / x**2, row / x**2)
-            cmp.append({"label": lab, **fit, "spectrum": fit.pop("fitted"), "query_on_grid": exafs_in})
+    cmp, about = (match.compare_file(compare_file, x, mean, kind=entry.kind, element=element, edge=edge, labels=labels,
+                                     broaden=broaden) if compare_file else (None, {}))
     band_scale = (entry.config or {}).get("band_scale")
     axis = f"{entry.grid['axis']} ({entry.grid['unit']})"
     qty = entry.grid["quantity"]
@@ -350,8 +312,6 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                "sites": [{"site": s, "mean": mean[j].tolist(), "sigma": sigma[j].tolist(), "std": std[j].tolist()}
                          for j, s in enumerate(chosen)]}  # fmt: skip
         if cmp is not None:
-            about = ({"e0": query.e0, "e0_definition": query.e0_definition, "shift_sign": "eV added to the file's E - E0"}
-                     if query is not None else {"model": "measured = A exp(-2 k^2 ds2) predicted(sqrt(k^2 + dE/3.81))"})
             doc["compare"] = {"file": str(compare_file), **about,
                               "sites": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()
                                          if k not in ("query_on_grid", "spectrum")} | {"site": s}
@@ -372,7 +332,7 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         out.print(tbl)
         if preds.shape[0] > 1:
             out.print(_band_note(preds.shape[0], band_scale))
-    if exafs_in is not None and fmt != "json":
+    if cmp is not None and entry.kind == "EXAFS" and fmt != "json":
         for c in cmp:
             console.print(f"{Path(compare_file).name} vs {c['label']}: R^2 {c['r2_fit']:.3f} after fitting amplitude "
                           f"A = {c['A']:.2f}, extra disorder ds2 = {c['ds2'] * 1e3:+.1f}e-3 A^2 and E0 shift dE = "
@@ -380,9 +340,9 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                           f"R^2 {c['r2_raw']:.3f} as predicted)", highlight=False)
     elif cmp is not None and fmt != "json":
         for lab, c in zip(labels, cmp):
-            console.print(f"{Path(query.name).name} vs {lab}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
+            console.print(f"{Path(compare_file).name} vs {lab}: cosine {c['cosine']:.4f}, MAE {c['mae']:.4f} "
                           f"(normalized mu, E - E0 {c['window'][0]:g}..{c['window'][1]:g} eV) at shift "
-                          f"{c['shift']:+.1f} eV added to the file's energies (its E0: {query.e0_definition})"
+                          f"{c['shift']:+.1f} eV added to the file's energies (its E0: {about['e0_definition']})"
                           + (f", prediction broadened by a {c['fwhm']:g} eV FWHM Gaussian" if c["fwhm"] else "")
                           + (f" -- at the edge of the +-{c['shift_range']:g} eV search" if c["shift_at_limit"] else ""),
                           highlight=False)
