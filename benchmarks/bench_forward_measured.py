@@ -114,10 +114,10 @@ def main() -> None:
     model_of: dict[tuple, tuple] = {}
     for el, comp in sorted(set(FILES.values())):
         s = structs[comp]
-        idx = [i for i, site in enumerate(s) if train.site_element(s, i) == el]
-        preds = train.predict_sites(entry, s, idx, device="cpu", edge="K")  # (members, sites, grid)
-        sigma = train.band_sigma(entry.config, preds)
-        model_of[(el, comp)] = (preds.mean(0).mean(0), sigma.mean(0))
+        # as `predict spectrum --average`: one prediction per symmetry orbit, weighted by its multiplicity
+        reps, weights = train.element_sites(s, el, source=comp)
+        avg = train.site_average(train.predict_sites(entry, s, reps, device="cpu", edge="K"), weights)  # (members, grid)
+        model_of[(el, comp)] = (avg.mean(0), train.band_sigma(entry.config, avg[:, None])[0])
 
     rows = []
     for rel, (el, comp) in FILES.items():
