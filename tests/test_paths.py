@@ -218,3 +218,25 @@ def test_predict_spectrum_fits_an_exafs_prediction_to_a_measured_scan(universal,
     out = run([*base, "--plot", png]).output
     assert "after fitting amplitude" in out and png.read_bytes()[:4] == b"\x89PNG"
     assert "applies to XANES" in run([*base, "--broaden", "2"], ok=False).output
+
+
+@pytest.mark.skipif(not (XASLIB / "Cu" / "CuO_tenorite_13K_01.xdi").exists(), reason="shared xaslib data not found")
+def test_predict_spectrum_ranks_candidate_structures_against_a_scan(universal, tmp_path):
+    """Several STRUCTUREs + --compare: candidates ranked by R^2 of the fitted EXAFS (best first)."""
+    files = []
+    for name, (cat, an, a) in {"cuo": ("Cu", "O", 4.2), "cus": ("Cu", "S", 5.2), "cuo_big": ("Cu", "O", 4.6)}.items():
+        f = tmp_path / f"{name}.cif"
+        _rocksalt(cat, an, a).to(filename=str(f))
+        files.append(f)
+    scan = XASLIB / "Cu" / "CuO_tenorite_13K_01.xdi"
+    base = ["predict", "spectrum", *files, "--element", "Cu", "--kind", "EXAFS", "--db", universal["url"], "--device", "cpu"]
+    doc = json.loads(run([*base, "--compare", scan, "--format", "json"]).stdout)
+    r2 = [c["r2_fit"] for c in doc["candidates"]]
+    assert len(r2) == 3 and r2 == sorted(r2, reverse=True) and doc["ranked_by"].startswith("R^2")
+    assert {c["name"] for c in doc["candidates"]} == {"cuo", "cus", "cuo_big"}
+    csv_out = run([*base, "--compare", scan, "--format", "csv"]).stdout.strip().splitlines()
+    assert csv_out[0].startswith("rank,structure") and len(csv_out) == 4
+    png = tmp_path / "rank.png"
+    run([*base, "--compare", scan, "--plot", png])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "--compare FILE" in run(base, ok=False).output  # several structures need a file to rank against

@@ -1407,6 +1407,28 @@ def site_average(member_preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.einsum("msg,s->mg", member_preds, w / w.sum())
 
 
+def rank_structures(engine: sa.Engine, entry: registry.ModelEntry, refs: Sequence[str], compare_file, *,
+                    element: str, edge: str = "K", broaden: float | str | None = None, device: str = "auto"
+                    ) -> list[dict]:  # fmt: skip
+    """Candidate structures (files or ``structure:<ref>``) ranked by how well *entry*'s predicted,
+    multiplicity-averaged spectrum of their *element* sites explains the spectrum file: XANES by MAE
+    after the best rigid shift (and broadening), EXAFS by R^2 after fitting amplitude, disorder and E0
+    (:func:`xastruct.match.compare_file`). Best first; each row has the comparison and the curves."""
+    from . import match
+
+    rows = []
+    for ref in refs:
+        name, structure = resolve_structure(engine, ref)
+        reps, weights = element_sites(structure, element, source=ref)
+        avg = site_average(predict_sites(entry, structure, reps, device=device, edge=edge), weights)
+        cmp, about = match.compare_file(compare_file, grid_points(entry.grid), avg.mean(0)[None], kind=entry.kind,
+                                        element=element, edge=edge, labels=[name], broaden=broaden)
+        rows.append({"structure": ref, "name": name, "formula": structure.composition.reduced_formula,
+                     "sites": len(reps), "prediction": avg.mean(0), **cmp[0], **about})
+    key = (lambda r: -r["r2_fit"]) if entry.kind == "EXAFS" else (lambda r: r["mae"])
+    return sorted(rows, key=key)
+
+
 def pooled_pairs(entry: registry.ModelEntry, structure: Any, sites: Sequence[int], *, edge: str | None = None
                  ) -> list[str] | None:  # fmt: skip
     """Each site's "El:edge" for a pooled model over several absorbers (None for a per-element one)."""

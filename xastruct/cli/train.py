@@ -235,7 +235,7 @@ def predict_group() -> None:
 
 
 @predict_group.command("spectrum")
-@click.argument("structure_file", metavar="STRUCTURE")
+@click.argument("structure_files", metavar="STRUCTURE...", nargs=-1, required=True)
 @click.option("--element", required=True, help="Absorbing element, e.g. Cu.")
 @click.option("--edge", default="K", show_default=True, type=click.Choice(EDGES))
 @click.option("--kind", default="XANES", show_default=True, type=click.Choice(["XANES", "EXAFS"]))
@@ -259,12 +259,14 @@ def predict_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
-def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plot, compare_file, average, broaden, fmt,
-                     device, db) -> None:
+def predict_spectrum(structure_files, element, edge, kind, sites, model_name, plot, compare_file, average, broaden,
+                     fmt, device, db) -> None:
     """Predicted spectrum of the ELEMENT sites of STRUCTURE (a structure file: CIF, POSCAR, pymatgen
     JSON, extxyz; or a stored one: structure:<id> / structure:<source_id>); with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
-    unscaled for models trained before it), printed and drawn as an uncertainty band."""
+    unscaled for models trained before it), printed and drawn as an uncertainty band. Several
+    STRUCTUREs with --compare FILE: the candidates ranked by how well their site-averaged spectrum
+    explains the file."""
 
     import numpy as np
 
@@ -283,8 +285,10 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
                 raise InputError("--broaden", f"{broaden!r} is not a width", "give a FWHM in eV (e.g. 3) or 'auto'") from None
             if not 0 <= broaden <= 50:
                 raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
+    if len(structure_files) > 1 and (not compare_file or sites):
+        raise InputError("STRUCTURE", f"{len(structure_files)} given", "several candidate structures are ranked "
+                         "against one --compare FILE (without --site); or predict one structure at a time")
     eng = store.get_engine(db)
-    name, structure = tr.resolve_structure(eng, structure_file)
     if model_name:
         entry = registry.load(eng, model_name, device=device)
     else:
@@ -293,6 +297,16 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
         covers = f"{entry.element} {entry.edge}" if entry.element else f"{len(entry.config.get('pairs', []))} absorber/edge pairs"
         raise InputError(f"model {entry.name}", f"is for {covers} {entry.kind}, not {element} {edge} {kind}",
                          "pick a matching --model (see `xastruct models`)")  # fmt: skip
+    if len(structure_files) > 1:
+        ranked = tr.rank_structures(eng, entry, structure_files, compare_file, element=element, edge=edge,
+                                    broaden=broaden, device=device)
+        _print_ranking(ranked, entry, compare_file, fmt)
+        if plot:
+            _plot_ranking(plot, tr.grid_points(entry.grid), ranked, entry, compare_file)
+            console.print(f"plot written to {plot}")
+        return
+    structure_file = structure_files[0]
+    name, structure = tr.resolve_structure(eng, structure_file)
     chosen, weights = tr.element_sites(structure, element, sites, source=structure_file)
     preds = tr.predict_sites(entry, structure, chosen, device=device, edge=edge)  # (members, sites, grid)
     labels = [f"site {s}" for s in chosen]
@@ -351,6 +365,57 @@ def predict_spectrum(structure_file, element, edge, kind, sites, model_name, plo
               band=_band_note(preds.shape[0], band_scale) if preds.shape[0] > 1 else None,
               compare=None if cmp is None else (Path(compare_file).name, cmp))
         console.print(f"plot written to {plot}")
+
+
+def _print_ranking(ranked: list[dict], entry, compare_file, fmt: str) -> None:
+    exafs = entry.kind == "EXAFS"
+    if fmt == "json":
+        keep = ("structure", "name", "formula", "sites", "cosine", "mae", "shift", "shift_at_limit", "fwhm", "A", "ds2",
+                "dE", "r2_fit", "r2_raw", "window", "k_range")
+        click.echo(json.dumps({"file": str(compare_file), "model": entry.name, "ranked_by": "R^2 after the fit" if exafs
+                               else "MAE after the shift", "candidates": [{k: r[k] for k in keep if k in r} for r in ranked]}))
+        return
+    # short headers: the table has to fit a terminal (the JSON names the fields in full)
+    cols = (("R2 fit", "A", "ds2 e-3", "dE eV", "R2 raw") if exafs else ("MAE", "cosine", "shift eV", "FWHM"))
+    header = ("rank", "structure", "formula", "sites", *cols)
+    lines = []
+    for i, r in enumerate(ranked, start=1):
+        vals = ((f"{r['r2_fit']:.3f}", f"{r['A']:.2f}", f"{r['ds2'] * 1e3:+.1f}", f"{r['dE']:+.1f}", f"{r['r2_raw']:.3f}")
+                if exafs else (f"{r['mae']:.4f}", f"{r['cosine']:.4f}", f"{r['shift']:+.1f}", f"{r['fwhm']:g}"))
+        lines.append((str(i), r["name"], r["formula"], str(r["sites"]), *vals))
+    if fmt == "csv":
+        click.echo("\n".join(",".join(row) for row in [header, *lines]))
+        return
+    tbl = Table(title=f"{len(ranked)} candidates vs {Path(compare_file).name} ({entry.name}; site averages)")
+    for c in header:
+        tbl.add_column(c, overflow="fold", min_width=12) if c == "structure" else tbl.add_column(c, no_wrap=True)
+    for row in lines:
+        tbl.add_row(*row)
+    out.print(tbl)
+
+
+def _plot_ranking(path, x, ranked: list[dict], entry, compare_file) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(ranked[:6]):
+        score = f"R^2 {r['r2_fit']:.2f}" if "r2_fit" in r else f"MAE {r['mae']:.3f}"
+        ax.plot(x, r["spectrum"], lw=1.8 if i == 0 else 1.0, label=f"{i + 1}. {r['name']} ({score})")
+    best = ranked[0]
+    ax.plot(x, best["query_on_grid"], color="k", lw=1.2, ls="--", label=f"{Path(compare_file).name} (as aligned to 1.)")
+    ax.set_xlabel(f"{entry.grid['axis']} ({entry.grid['unit']})")
+    ax.set_ylabel({"k2chi": "k²χ(k) (Å⁻²)", "mu_norm": "normalized μ(E)"}.get(entry.grid["quantity"], entry.grid["quantity"]))
+    ax.set_title(f"candidates vs {Path(compare_file).name} -- {entry.name}\n"
+                 + ("fitted: amplitude, disorder, E0" if "r2_fit" in best else "aligned: rigid shift"
+                    + (", broadened" if best.get("fwhm") else "")), fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _latest_entry(eng, element, edge, kind, device):
