@@ -377,12 +377,12 @@ def _print_ranking(ranked: list[dict], entry, compare_file, fmt: str) -> None:
         return
     # short headers: the table has to fit a terminal (the JSON names the fields in full)
     cols = (("R2 fit", "A", "ds2 e-3", "dE eV", "R2 raw") if exafs else ("MAE", "cosine", "shift eV", "FWHM"))
-    header = ("rank", "structure", "formula", "sites", *cols)
+    header = ("rank", "structure", "formula", *cols)
     lines = []
     for i, r in enumerate(ranked, start=1):
         vals = ((f"{r['r2_fit']:.3f}", f"{r['A']:.2f}", f"{r['ds2'] * 1e3:+.1f}", f"{r['dE']:+.1f}", f"{r['r2_raw']:.3f}")
                 if exafs else (f"{r['mae']:.4f}", f"{r['cosine']:.4f}", f"{r['shift']:+.1f}", f"{r['fwhm']:g}"))
-        lines.append((str(i), r["name"], r["formula"], str(r["sites"]), *vals))
+        lines.append((str(i), r["name"], r["formula"], *vals))
     if fmt == "csv":
         click.echo("\n".join(",".join(row) for row in [header, *lines]))
         return
