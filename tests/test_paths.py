@@ -240,3 +240,9 @@ def test_predict_spectrum_ranks_candidate_structures_against_a_scan(universal, t
     run([*base, "--compare", scan, "--plot", png])
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "--compare FILE" in run(base, ok=False).output  # several structures need a file to rank against
+    # structure:all: every stored structure with the element is a candidate; --top keeps the best N
+    every = ["predict", "spectrum", "structure:all", "--element", "Cu", "--kind", "EXAFS", "--compare", scan,
+             "--top", 2, "--format", "json", "--db", universal["url"], "--device", "cpu"]
+    doc = json.loads(run(every).stdout)
+    assert len(doc["candidates"]) == 2 and all("Cu" in c["formula"] for c in doc["candidates"])
+    assert doc["candidates"][0]["r2_fit"] >= doc["candidates"][1]["r2_fit"]

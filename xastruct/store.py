@@ -309,6 +309,18 @@ def stored_structure(engine: sa.Engine, ref: str):
     return r.source_id or f"structure {r.id}", Structure.from_dict(doc)
 
 
+def structures_with(engine: sa.Engine, element: str, *, source: str | None = None) -> list[str]:
+    """``structure:<id>`` of every stored structure containing *element* (optionally of one source),
+    oldest first: the candidate list `predict spectrum structure:all ...` ranks."""
+    from .schema import structures
+
+    q = sa.select(structures.c.id, structures.c.chemsys).order_by(structures.c.id)
+    if source:
+        q = q.where(structures.c.source == source)
+    with engine.connect() as conn:
+        return [f"{STRUCTURE_REF}{i}" for i, cs in conn.execute(q) if element in (cs or "").split("-")]
+
+
 def fetch_arrow(conn: sa.Connection, query: str | sa.Executable, params: dict | None = None) -> pa.Table:
     """Query -> pyarrow Table. DuckDB hands Arrow over directly: array columns never become Python
     lists (9k spectra: 0.1 s instead of 3.7 s through rows); other drivers go through rows.

@@ -1408,8 +1408,8 @@ def site_average(member_preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def rank_structures(engine: sa.Engine, entry: registry.ModelEntry, refs: Sequence[str], compare_file, *,
-                    element: str, edge: str = "K", broaden: float | str | None = None, device: str = "auto"
-                    ) -> list[dict]:  # fmt: skip
+                    element: str, edge: str = "K", broaden: float | str | None = None, device: str = "auto",
+                    progress: Callable[[int], Any] | None = None) -> list[dict]:  # fmt: skip
     """Candidate structures (files or ``structure:<ref>``) ranked by how well *entry*'s predicted,
     multiplicity-averaged spectrum of their *element* sites explains the spectrum file: XANES by MAE
     after the best rigid shift (and broadening), EXAFS by R^2 after fitting amplitude, disorder and E0
@@ -1425,6 +1425,8 @@ def rank_structures(engine: sa.Engine, entry: registry.ModelEntry, refs: Sequenc
                                         element=element, edge=edge, labels=[name], broaden=broaden)
         rows.append({"structure": ref, "name": name, "formula": structure.composition.reduced_formula,
                      "sites": len(reps), "prediction": avg.mean(0), **cmp[0], **about})
+        if progress:
+            progress(1)
     key = (lambda r: -r["r2_fit"]) if entry.kind == "EXAFS" else (lambda r: r["mae"])
     return sorted(rows, key=key)
 

@@ -256,17 +256,19 @@ def predict_group() -> None:
               help="With --compare: a Gaussian broadening (FWHM, eV) applied to the prediction before it is scored "
                    "and drawn (the experimental broadening a calculated XANES lacks), or 'auto': the FWHM of 0-16 eV "
                    "that fits the file best.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="With several STRUCTUREs (or structure:all): list only the best N candidates.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @db_option
 def predict_spectrum(structure_files, element, edge, kind, sites, model_name, plot, compare_file, average, broaden,
-                     fmt, device, db) -> None:
+                     top, fmt, device, db) -> None:
     """Predicted spectrum of the ELEMENT sites of STRUCTURE (a structure file: CIF, POSCAR, pymatgen
     JSON, extxyz; or a stored one: structure:<id> / structure:<source_id>); with a multi-seed model, ± sigma:
     the spread across seeds scaled to hold 68% of the validation errors (the model's band_scale;
     unscaled for models trained before it), printed and drawn as an uncertainty band. Several
     STRUCTUREs with --compare FILE: the candidates ranked by how well their site-averaged spectrum
-    explains the file."""
+    explains the file (structure:all = every stored structure with ELEMENT)."""
 
     import numpy as np
 
@@ -285,10 +287,17 @@ def predict_spectrum(structure_files, element, edge, kind, sites, model_name, pl
                 raise InputError("--broaden", f"{broaden!r} is not a width", "give a FWHM in eV (e.g. 3) or 'auto'") from None
             if not 0 <= broaden <= 50:
                 raise InputError("--broaden", f"FWHM {broaden} eV is out of range", "use 0-50 eV, or 'auto'")
+    eng = store.get_engine(db)
+    if "structure:all" in structure_files:  # every stored structure with the element is a candidate
+        structure_files = [r for r in structure_files if r != "structure:all"] + store.structures_with(eng, element)
+        if not structure_files:
+            raise InputError("structure:all", f"the store holds no structure with {element}",
+                             "ingest some first (xastruct ingest builtin / structures / mp)")
+        if len(structure_files) == 1:
+            structure_files = structure_files * 2  # still a ranking (of one)
     if len(structure_files) > 1 and (not compare_file or sites):
         raise InputError("STRUCTURE", f"{len(structure_files)} given", "several candidate structures are ranked "
                          "against one --compare FILE (without --site); or predict one structure at a time")
-    eng = store.get_engine(db)
     if model_name:
         entry = registry.load(eng, model_name, device=device)
     else:
@@ -298,9 +307,11 @@ def predict_spectrum(structure_files, element, edge, kind, sites, model_name, pl
         raise InputError(f"model {entry.name}", f"is for {covers} {entry.kind}, not {element} {edge} {kind}",
                          "pick a matching --model (see `xastruct models`)")  # fmt: skip
     if len(structure_files) > 1:
-        ranked = tr.rank_structures(eng, entry, structure_files, compare_file, element=element, edge=edge,
-                                    broaden=broaden, device=device)
-        _print_ranking(ranked, entry, compare_file, fmt)
+        refs = list(dict.fromkeys(structure_files))  # each candidate once
+        with progress_bar(len(refs), "candidates") as advance:
+            ranked = tr.rank_structures(eng, entry, refs, compare_file, element=element, edge=edge,
+                                        broaden=broaden, device=device, progress=advance)
+        _print_ranking(ranked[:top] if top else ranked, entry, compare_file, fmt)
         if plot:
             _plot_ranking(plot, tr.grid_points(entry.grid), ranked, entry, compare_file)
             console.print(f"plot written to {plot}")
