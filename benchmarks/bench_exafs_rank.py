@@ -1,8 +1,13 @@
-"""Benchmark: which crystal explains a measured EXAFS? Every structure of the embedded dataset with
-that absorber, ranked as `xastruct predict spectrum STRUCTURE... --kind EXAFS --compare FILE` ranks
-candidates, and where the compound's true crystal lands.
+"""Benchmark: which crystal explains a measured EXAFS (or XANES)? Every structure of the embedded
+dataset with that absorber, ranked as `xastruct predict spectrum STRUCTURE... --kind EXAFS --compare
+FILE` ranks candidates, and where the compound's true crystal lands.
 
-    .venv/bin/python benchmarks/bench_exafs_rank.py [--work scratch/bench_measured]
+    .venv/bin/python benchmarks/bench_exafs_rank.py [--work scratch/bench_measured] [--kind EXAFS|XANES]
+
+--kind XANES: the same with the XANES scans (every bench_measured scan whose twin the dataset has a
+FEFF10 XANES of), the shipped XANES model's and FEFF10's spectra, ranked by the MAE after the best
+rigid shift (+-15 eV) and Gaussian broadening (`match.compare(..., broaden="auto")`); writes
+benchmarks/results/xanes_rank.md.
 
 Needs bench_measured.py's work directory (its store: embedded dataset + shipped models; its
 measured.json: the xaslib test scans with their compound's simulated twin). For every scan there with
@@ -27,7 +32,6 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -41,112 +45,145 @@ from bench_measured import XASLIB  # noqa: E402  (same files, same place)
 OUT = ROOT / "benchmarks" / "results" / "exafs_rank.md"
 
 
-def candidates(engine, element: str) -> list[dict]:
-    """Dataset structures with a feff8l K-edge EXAFS of *element*: id, source_id, formula, structure,
-    and the multiplicity-weighted stored chi(k) on EXAFS_GRID."""
+def candidates(engine, element: str, kind: str, x: np.ndarray) -> list[dict]:
+    """Dataset structures with a FEFF K-edge spectrum of *element* (feff8l EXAFS / FEFF10 XANES): id,
+    source_id, formula, structure, and the multiplicity-weighted stored spectrum on the grid *x*
+    (EXAFS: chi(k); XANES: normalized mu on E - E0)."""
     from pymatgen.core import Structure
 
-    from xastruct import inverse
-
+    cols = "sp.k, sp.chi, 0.0" if kind == "EXAFS" else "sp.energies, sp.mu, sp.e0"
+    where = ("sp.kind = 'EXAFS' AND sp.source = 'feff8l' AND sp.k IS NOT NULL" if kind == "EXAFS"
+             else "sp.kind = 'XANES' AND sp.source = 'feff10' AND sp.normalized AND sp.e0 IS NOT NULL")
     with engine.connect() as c:
         rows = c.exec_driver_sql(
-            "SELECT st.id, st.source_id, st.formula, st.structure_json, sp.k, sp.chi, coalesce(si.multiplicity, 1) "
+            f"SELECT st.id, st.source_id, st.formula, st.structure_json, {cols}, coalesce(si.multiplicity, 1) "
             "FROM spectra sp JOIN structures st ON st.id = sp.structure_id LEFT JOIN sites si ON si.id = sp.site_id "
-            "WHERE sp.absorber = ? AND sp.kind = 'EXAFS' AND sp.edge = 'K' AND sp.source = 'feff8l' "
-            "AND sp.k IS NOT NULL ORDER BY st.id", (element,)).all()
+            f"WHERE sp.absorber = ? AND sp.edge = 'K' AND {where} ORDER BY st.id", (element,)).all()
     by: dict[int, dict] = {}
-    for sid, src, formula, js, k, chi, mult in rows:
-        d = by.setdefault(sid, {"id": sid, "source_id": src, "formula": formula, "json": js, "chi": [], "w": []})
-        d["chi"].append(np.interp(inverse.EXAFS_GRID, np.asarray(k), np.asarray(chi)))
+    for sid, src, formula, js, a, b, e0, mult in rows:
+        d = by.setdefault(sid, {"id": sid, "source_id": src, "formula": formula, "json": js, "y": [], "w": []})
+        d["y"].append(np.interp(x, np.asarray(a) - float(e0), np.asarray(b)))
         d["w"].append(float(mult))
     out = []
     for d in by.values():
         js = d.pop("json")
         d["structure"] = Structure.from_dict(js if isinstance(js, dict) else json.loads(js))
-        d["feff"] = np.average(d.pop("chi"), axis=0, weights=d.pop("w"))
+        d["feff"] = np.average(d.pop("y"), axis=0, weights=d.pop("w"))
         out.append(d)
     return out
+
+
+def scores(kind: str, path: Path, element: str, x: np.ndarray, names: list[str], rows: np.ndarray,
+           shift_range: float) -> dict[str, float] | None:
+    """Candidate -> score against the scan (higher is better): EXAFS the fitted R^2, XANES -MAE after
+    the shift and broadening. None when the scan has no such spectrum."""
+    from xastruct import inverse, match
+
+    if kind == "EXAFS":
+        meas = inverse.spectrum_features(path, element=element).exafs
+        if meas is None:
+            return None
+        return {n: match.fit_exafs(x, meas / x**2, row)["r2_fit"] for n, row in zip(names, rows)}
+    query = match.read_query(path, element=element, edge="K")
+    return {r["label"]: -r["mae"] for r in match.compare(query, x, rows, labels=names, shift_range=shift_range,
+                                                         broaden="auto")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench_measured")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--kind", choices=["EXAFS", "XANES"], default="EXAFS")
+    ap.add_argument("--shift-range", type=float, default=15.0, help="XANES: eV searched each way for the shift")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<kind>_rank.md")
     args = ap.parse_args()
+    args.out = args.out or OUT.with_name(f"{args.kind.lower()}_rank.md")
     t0 = time.perf_counter()
     mj = args.work / "measured.json"
     if not mj.exists():
         sys.exit(f"{mj} not found: run benchmarks/bench_measured.py first (it builds the store and the truth labels)")
     import torch
 
-    from xastruct import inverse, match, registry, store, train
+    from xastruct import inverse, registry, store, train
 
     torch.set_num_threads(2)
-    rows = [r for r in json.loads(mj.read_text()) if r.get("twin") and r.get("input") == "XANES+EXAFS"]
+    exafs = args.kind == "EXAFS"
+    rows = [r for r in json.loads(mj.read_text()) if r.get("twin") and (r.get("input") == "XANES+EXAFS" or not exafs)]
     eng = store.get_engine(f"duckdb:///{(args.work / 'store.duckdb').resolve()}")
-    entry = registry.latest(eng, "forward", None, None, "EXAFS", device="cpu")
+    entry = registry.latest(eng, "forward", None, None, args.kind, device="cpu")
     split = json.loads((Path(entry.artifact) / "split.json").read_text())
     side_of = {h: side for side in ("train", "val", "test") for h in split.get(side, [])}
-    k = inverse.EXAFS_GRID
-    cands, model_chi = {}, {}
+    x = inverse.EXAFS_GRID if exafs else train.grid_points(entry.grid)
+    cands, model_y = {}, {}
     for el in sorted({r["element"] for r in rows}):
-        cands[el] = candidates(eng, el)
-        for c in cands[el]:  # the path model's site average, as `predict spectrum --average`
+        cands[el] = candidates(eng, el, args.kind, x)
+        for c in cands[el]:  # the model's site average, as `predict spectrum --average`
             reps, weights = train.element_sites(c["structure"], el, source=c["source_id"])
             avg = train.site_average(train.predict_sites(entry, c["structure"], reps, device="cpu", edge="K"), weights)
-            model_chi[c["id"]] = avg.mean(0) / k**2
+            model_y[c["id"]] = avg.mean(0) / x**2 if exafs else avg.mean(0)
         print(f"{el}: {len(cands[el])} candidates predicted", flush=True)
     with eng.connect() as conn:
         hashes = {sid: h for sid, h in conn.exec_driver_sql("SELECT source_id, content_hash FROM structures").all()}
     results = []
     for r in rows:
-        meas = inverse.spectrum_features(XASLIB / r["rel"], element=r["element"]).exafs
-        if meas is None:
+        cs = cands[r["element"]]
+        if r["twin"] not in {c["source_id"] for c in cs}:
+            continue  # the dataset has no such spectrum of the true crystal (XANES: only some compounds)
+        names = [c["source_id"] for c in cs]
+        got = {"model": scores(args.kind, XASLIB / r["rel"], r["element"], x, names,
+                               np.stack([model_y[c["id"]] for c in cs]), args.shift_range)}
+        if got["model"] is None:
             continue
-        scores = defaultdict(dict)
-        for c in cands[r["element"]]:
-            scores["model"][c["source_id"]] = match.fit_exafs(k, meas / k**2, model_chi[c["id"]])["r2_fit"]
-            scores["feff"][c["source_id"]] = match.fit_exafs(k, meas / k**2, c["feff"])["r2_fit"]
+        got["feff"] = scores(args.kind, XASLIB / r["rel"], r["element"], x, names, np.stack([c["feff"] for c in cs]),
+                             args.shift_range)
         rec = {"file": r["file"], "compound": r["compound"], "element": r["element"], "twin": r["twin"],
-               "side": side_of.get(hashes.get(r["twin"]), "-"), "n": len(cands[r["element"]])}
-        for name, sc in scores.items():
+               "side": side_of.get(hashes.get(r["twin"]), "-"), "n": len(cs)}
+        for name, sc in got.items():
             order = sorted(sc, key=lambda s: -sc[s])
-            rec[name] = {"rank": order.index(r["twin"]) + 1 if r["twin"] in sc else None, "best": order[0],
-                         "best_r2": sc[order[0]], "twin_r2": sc.get(r["twin"])}
+            rec[name] = {"rank": order.index(r["twin"]) + 1, "best": order[0], "best_r2": sc[order[0]],
+                         "twin_r2": sc[r["twin"]]}
         results.append(rec)
         print(f"{r['file']}: twin rank model {rec['model']['rank']} / FEFF {rec['feff']['rank']} of {rec['n']}", flush=True)
     store.dispose_engines()
-    write(results, entry, args, time.perf_counter() - t0)
+    write(results, entry, args, time.perf_counter() - t0, exafs)
 
 
-def write(res: list[dict], entry, args, seconds: float) -> None:
+def write(res: list[dict], entry, args, seconds: float, exafs: bool = True) -> None:
     def tops(name, sel=lambda r: True):
         rr = [r for r in res if sel(r) and r[name]["rank"] is not None]
         return (f"{sum(r[name]['rank'] == 1 for r in rr)} / {sum(r[name]['rank'] <= 3 for r in rr)} of {len(rr)} "
                 f"(median rank {np.median([r[name]['rank'] for r in rr]):.0f})") if rr else "-"
 
-    L = ["# Which crystal explains a measured EXAFS? Candidates ranked by the fitted R^2", "",
-         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python benchmarks/bench_exafs_rank.py` "
-         f"in {seconds:.0f} s (load average {os.getloadavg()[0]:.1f}). Scans: bench_measured.py's xaslib test scans with "
-         f"EXAFS whose compound has a simulated twin in the embedded dataset ({len(res)}). Candidates: every dataset "
-         "structure with a feff8l K-edge EXAFS of the absorber. Each candidate's k^2 chi(k) -- from the shipped path "
-         f"model ({entry.name}, site average as `predict spectrum --average`) or from its stored feff8l spectra -- is "
-         "fitted to the scan with `match.fit_exafs` (amplitude, extra disorder, E0; k 3-11 1/A, k^2 weight) and the "
-         "candidates sorted by R^2, as `xastruct predict spectrum STRUCTURE... --kind EXAFS --compare FILE` ranks them.",
+    kind, model, feff, score = (("EXAFS", "path model", "feff8l", "R^2") if exafs else ("XANES", "XANES model", "FEFF10", "MAE"))
+    val = (lambda v: f"{v:.2f}") if exafs else (lambda v: f"{-v:.3f}")  # XANES scores are -MAE
+    how = ("fitted to the scan with `match.fit_exafs` (amplitude, extra disorder, E0; k 3-11 1/A, k^2 weight) and the "
+           "candidates sorted by R^2" if exafs else
+           f"compared with the scan by `match.compare` (best rigid shift within +-{args.shift_range:g} eV and the Gaussian "
+           "broadening of 0-16 eV FWHM that fits best; MAE of normalized mu over the common window) and the candidates "
+           "sorted by MAE")
+    L = [f"# Which crystal explains a measured {kind}? Candidates ranked by the {score}", "",
+         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python benchmarks/bench_exafs_rank.py"
+         f"{'' if exafs else ' --kind XANES'}` in {seconds:.0f} s (load average {os.getloadavg()[0]:.1f}). Scans: "
+         f"bench_measured.py's xaslib test scans {'with EXAFS ' if exafs else ''}whose compound's simulated twin in the "
+         f"embedded dataset has a {feff} spectrum ({len(res)}). Candidates: every dataset structure with a {feff} "
+         f"K-edge {kind} of the absorber. Each candidate's spectrum -- from the shipped {model} ({entry.name}, site "
+         f"average as `predict spectrum --average`) or from its stored {feff} spectra -- is {how}, as `xastruct predict "
+         f"spectrum STRUCTURE... --kind {kind} --compare FILE` ranks them.",
          "",
-         "| compound | file | candidates | twin (path model's split) | path model: twin rank | best candidate (R^2) | twin R^2 | FEFF: twin rank | best candidate (R^2) |",
+         f"| compound | file | candidates | twin ({model}'s split) | {model}: twin rank | best candidate ({score}) | twin "
+         f"{score} | {feff}: twin rank | best candidate ({score}) |",
          "|---|---|---|---|---|---|---|---|---|"]
     for r in res:
         m, f = r["model"], r["feff"]
         L.append(f"| {r['compound']} | {r['file']} | {r['n']} | {r['twin']} ({r['side']}) | {m['rank']} | "
-                 f"{m['best']} ({m['best_r2']:.2f}) | {m['twin_r2']:.2f} | {f['rank']} | {f['best']} ({f['best_r2']:.2f}) |")
+                 f"{m['best']} ({val(m['best_r2'])}) | {val(m['twin_r2'])} | {f['rank']} | {f['best']} ({val(f['best_r2'])}) |")
     L += ["", "## Summary (true crystal ranked first / in the top 3)", "",
-          f"- path model: {tops('model')}; FEFF's own spectra: {tops('feff')}.",
-          f"- scans whose twin the path model trained on: {tops('model', lambda r: r['side'] == 'train')}; "
-          f"on its validation materials: {tops('model', lambda r: r['side'] == 'val')}.",
+          f"- {model}: {tops('model')}; {feff}'s own spectra: {tops('feff')}.",
+          f"- scans whose twin the {model} trained on: {tops('model', lambda r: r['side'] == 'train')}; "
+          f"on its validation materials: {tops('model', lambda r: r['side'] == 'val')}; "
+          f"on its test materials: {tops('model', lambda r: r['side'] == 'test')}.",
           "", "A rank above 1 often means a polymorph or a near-identical local environment won (see the best "
-          "candidate column): EXAFS over k 3-11 sees the first few shells, and an amplitude / disorder / E0 fit "
-          "absorbs part of what distinguishes them."]
+          "candidate column)" + (": EXAFS over k 3-11 sees the first few shells, and an amplitude / disorder / E0 fit "
+                                 "absorbs part of what distinguishes them." if exafs else ".")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(L) + "\n")
     print("\n".join(L))
