@@ -1421,12 +1421,15 @@ def rank_structures(engine: sa.Engine, entry: registry.ModelEntry, refs: Sequenc
         name, structure = resolve_structure(engine, ref)
         reps, weights = element_sites(structure, element, source=ref)
         avg = site_average(predict_sites(entry, structure, reps, device=device, edge=edge), weights)
-        cmp, about = match.compare_file(compare_file, grid_points(entry.grid), avg.mean(0)[None], kind=entry.kind,
-                                        element=element, edge=edge, labels=[name], broaden=broaden)
         rows.append({"structure": ref, "name": name, "formula": structure.composition.reduced_formula,
-                     "sites": len(reps), "prediction": avg.mean(0), **cmp[0], **about})
+                     "sites": len(reps), "prediction": avg.mean(0)})
         if progress:
             progress(1)
+    # the file is read, normalized (and its chi(k) extracted) once, for every candidate at once
+    cmp, about = match.compare_file(compare_file, grid_points(entry.grid), np.stack([r["prediction"] for r in rows]),
+                                    kind=entry.kind, element=element, edge=edge, labels=[r["name"] for r in rows],
+                                    broaden=broaden)
+    rows = [{**r, **c, **about} for r, c in zip(rows, cmp)]
     key = (lambda r: -r["r2_fit"]) if entry.kind == "EXAFS" else (lambda r: r["mae"])
     return sorted(rows, key=key)
 
