@@ -1,10 +1,12 @@
-"""Table-1-style forward-model comparison on the shared Cu K-edge FEFF 9 XANES data.
+"""Table-1-style forward-model comparison on a Materials Project FEFF 9 K-edge XANES tree (default:
+the shared Cu set; ``--data DIR`` takes any tree of the same layout, materials/<id>/POSCAR +
+FEFF-XANES/<idx>_<El>/xmu.dat, and ``--element`` picks the absorber when it holds several).
 
 XAStruct (frozen CHGNet + SGMLP head) vs the GNN baselines (GCN, GAT, MPNN trained end to end),
 the training-mean spectrum and the three head ablations, all on the same by-material split
 (StructureMatcher twins kept together) and the same 141-point grid, ``--seeds`` seeds each.
 
-Every model is registered in the benchmark's own store, and benchmarks/results/forward_cu.md is
+Every model is registered in the benchmark's own store, and benchmarks/results/forward_<el>.md is
 rendered from that registry after each model (the newest model per row wins, each row names its
 registry entry). A rerun skips rows the registry already holds with the same data, split and
 settings, so an interrupted run resumes where it stopped.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -45,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from xastruct import ingest, registry, store, train  # noqa: E402
 from xastruct.schema import runs as runs_t  # noqa: E402
 
-DATA = Path("/work/shared/data/cu_k_feff9")
+DATA = ROOT.parent / "shared" / "data" / "cu_k_feff9"  # beside the project root
 ALL_ARCHS = ["mean", "xastruct", "sgmlp_relu", "sgmlp_linear", "mlp", "gcn", "gat", "mpnn"]
 DEFAULT_ROWS = "mean,xastruct,xastruct:dropout=0.2,sgmlp_relu,sgmlp_linear,mlp,gcn,gat,mpnn"
 LABELS = {
@@ -73,10 +76,10 @@ def _key(arch: str, cfg: dict) -> tuple:
             cfg.get("pool", "mean"))  # fmt: skip
 
 
-def _rows(eng, fingerprint: str, split_seed: int) -> list:
+def _rows(eng, fingerprint: str, split_seed: int, element: str = "Cu") -> list:
     """Newest registered model per row key, trained on exactly this data and split."""
     best: dict = {}
-    for e in registry.list_models(eng, task="forward", element="Cu"):
+    for e in registry.list_models(eng, task="forward", element=element):
         if (e.edge, e.kind, e.data_fingerprint, e.split_seed) != ("K", "XANES", fingerprint, split_seed):
             continue
         best[_key(e.arch, e.config or {})] = e  # list_models is oldest first: the newest wins
@@ -84,9 +87,9 @@ def _rows(eng, fingerprint: str, split_seed: int) -> list:
     return sorted(best.values(), key=lambda e: (order.get(e.arch, 99), e.config.get("dropout") or 0.0, e.id))
 
 
-def render(eng, path: Path, data, split_seed: int) -> None:
+def render(eng, path: Path, data, split_seed: int, element: str = "Cu", source: Path = DATA) -> None:
     """Rewrite the markdown table from the registry (every row traceable to a model name)."""
-    entries = _rows(eng, data.fingerprint(), split_seed)
+    entries = _rows(eng, data.fingerprint(), split_seed, element)
     if not entries:
         return
     with eng.connect() as c:
@@ -100,13 +103,14 @@ def render(eng, path: Path, data, split_seed: int) -> None:
     split = cfg0["split"]
     grid = entries[0].grid
     lines = [
-        "# Forward models: Cu K-edge XANES (FEFF 9), held-out materials",
+        f"# Forward models: {element} K-edge XANES (FEFF 9), held-out materials",
         "",
         f"Rendered {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the model registry of the benchmark "
         f"store ({platform.node()}, torch {torch.__version__}, device {cfg0.get('device_used')}, "
-        f"{cfg0.get('torch_threads')} torch thread(s); the machine's 2 cores were shared with a FEFF job).",
+        f"{cfg0.get('torch_threads')} torch thread(s); load average {os.getloadavg()[0]:.1f} when rendered; "
+        "each row's own seconds are in the table).",
         "",
-        f"Data: {data.n} site spectra of {len(set(data.structure_ids.tolist()))} structures from {DATA} "
+        f"Data: {data.n} site spectra of {len(set(data.structure_ids.tolist()))} structures from {source} "
         f"(data fingerprint {data.fingerprint()[:12]}). Grid: normalized mu on E-E0 = {grid['start']:g}..{grid['stop']:g} eV, "
         f"step {grid['step']:g} eV ({grid['n']} points); E0 = FEFF Fermi level (k = 0).",
         "",
@@ -168,17 +172,44 @@ def render(eng, path: Path, data, split_seed: int) -> None:
     path.write_text("\n".join(lines))
 
 
-def cu_feff9_store(url: str):
-    """Engine of a scratch store holding the shared Cu K FEFF 9 tree (ingested on first use)."""
+def tree_absorbers(data: Path) -> list[str]:
+    """The absorbing elements of a FEFF 9 tree (its FEFF-XANES/<idx>_<El> folder names)."""
+    els = {d.name.split("_", 1)[1] for d in data.glob("materials/*/FEFF-XANES/*_*") if d.is_dir()}
+    return sorted(e for e in els if e)
+
+
+def tree_element(data: Path, element: str | None = None) -> str:
+    """The absorber a benchmark runs on: *element*, checked against the tree, or the tree's only one."""
+    found = tree_absorbers(data)
+    if not found:
+        raise SystemExit(f"{data}: no materials/<id>/FEFF-XANES/<idx>_<El> folders; pass a Materials Project "
+                         "FEFF 9 tree (e.g. ../shared/data/cu_k_feff9)")
+    if element is None:
+        if len(found) > 1:
+            raise SystemExit(f"{data} holds several absorbers ({', '.join(found)}): choose one with --element")
+        return found[0]
+    if element not in found:
+        raise SystemExit(f"{data} has no {element} sites (it has {', '.join(found)}): fix --element")
+    return element
+
+
+def feff9_store(url: str, data: Path = DATA, element: str = "Cu"):
+    """Engine of a scratch store holding a FEFF 9 tree's spectra of *element* (ingested on first use)."""
     if url.startswith("duckdb:///"):
         Path(url[len("duckdb:///"):]).parent.mkdir(parents=True, exist_ok=True)
     eng = store.get_engine(url)
     with eng.connect() as c:
-        n = c.exec_driver_sql("SELECT count(*) FROM spectra WHERE absorber = 'Cu' AND source = 'feff9'").scalar()
+        n = c.execute(sa.text("SELECT count(*) FROM spectra WHERE absorber = :el AND source = 'feff9'"),
+                      {"el": element}).scalar()
     if not n:
-        print(f"ingesting {DATA} into {url} ...", flush=True)
-        ingest.ingest_feff(eng, DATA, workers=1)
+        print(f"ingesting {data} into {url} ...", flush=True)
+        ingest.ingest_feff(eng, data, workers=1)
     return eng
+
+
+def cu_feff9_store(url: str):
+    """The shared Cu K FEFF 9 tree's store (kept for the Cu-only benchmarks)."""
+    return feff9_store(url, DATA, "Cu")
 
 
 def _variants(spec: str) -> list[tuple[str, float, str, bool]]:
@@ -198,7 +229,9 @@ def _variants(spec: str) -> list[tuple[str, float, str, bool]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default="duckdb:////tmp/bench_forward/cu.duckdb", help="scratch store (filled on first use)")
+    ap.add_argument("--data", type=Path, default=DATA, help="FEFF 9 tree (materials/<id>/POSCAR + FEFF-XANES/<idx>_<El>)")
+    ap.add_argument("--element", default=None, help="absorber (default: the tree's only one)")
+    ap.add_argument("--db", default=None, help="scratch store, filled on first use (default /tmp/bench_forward/<el>.duckdb)")
     ap.add_argument("--archs", default=DEFAULT_ROWS, help="comma list; arch:dropout=0.2 adds a dropout variant")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--split-seed", type=int, default=0)
@@ -213,16 +246,18 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--models-dir", default=None)
     ap.add_argument("--retrain", action="store_true", help="train even when the registry has this exact row already")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "forward_cu.md"))
+    ap.add_argument("--out", default=None, help="default benchmarks/results/forward_<el>.md")
     args = ap.parse_args()
+    element = tree_element(args.data, args.element)
+    db = args.db or f"duckdb:////tmp/bench_forward/{element.lower()}.duckdb"
     torch.set_num_threads(args.threads)
     variants = _variants(args.archs)
 
-    eng = cu_feff9_store(args.db)
+    eng = feff9_store(db, args.data, element)
     t0 = time.perf_counter()
-    data = train.load_forward_data(eng, element="Cu", edge="K", kind="XANES", source="feff9")
+    data = train.load_forward_data(eng, element=element, edge="K", kind="XANES", source="feff9")
     print(f"loaded {data.n} spectra in {time.perf_counter() - t0:.0f} s", flush=True)
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"forward_{element.lower()}.md")
     with store.run_record(eng, "bench forward", {"argv": sys.argv[1:]}) as summary:
         summary["models"] = []
         for arch, dropout, pool, finetune in variants:
@@ -234,7 +269,7 @@ def main() -> None:
                 patience=None if gnn else args.pooled_patience,
                 max_minutes=args.gnn_minutes if gnn else None, pool=pool, finetune=finetune,
             )  # fmt: skip
-            have = {_key(e.arch, e.config): e for e in _rows(eng, data.fingerprint(), args.split_seed)}
+            have = {_key(e.arch, e.config): e for e in _rows(eng, data.fingerprint(), args.split_seed, element)}
             if not args.retrain and _key(cfg.registry_arch, cfg.resolved()) in have:
                 print(f"{arch} dropout {dropout} pool {pool}: already registered as "
                       f"{have[_key(cfg.registry_arch, cfg.resolved())].name}", flush=True)
@@ -252,7 +287,7 @@ def main() -> None:
 
                 return cm()
 
-            res = train.train_forward(eng, element="Cu", config=cfg, data=data, cache_dir=args.cache_dir,
+            res = train.train_forward(eng, element=element, config=cfg, data=data, cache_dir=args.cache_dir,
                                       models_dir=args.models_dir, epoch_progress=epoch_log)  # fmt: skip
             summary["models"].append(res.entry.name)
             # the run row is written at the end; keep the partial list visible to render() meanwhile
@@ -260,8 +295,8 @@ def main() -> None:
                 c.execute(sa.update(runs_t).where(runs_t.c.id == summary["run_id"]).values(summary=dict(summary)))
             print(f"{arch} dropout {dropout}: {json.dumps(res.metrics['summary']['test'])} "
                   f"({time.perf_counter() - t:.0f} s) -> {res.entry.name}", flush=True)  # fmt: skip
-            render(eng, out, data, args.split_seed)
-    render(eng, out, data, args.split_seed)
+            render(eng, out, data, args.split_seed, element, args.data)
+    render(eng, out, data, args.split_seed, element, args.data)
     print(f"wrote {out}", flush=True)
 
 

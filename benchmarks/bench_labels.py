@@ -19,7 +19,8 @@ from pathlib import Path
 from xastruct import labels
 from xastruct.labels import equivalent_sites, label_many
 
-ROOT = Path("/work/shared/data/cu_k_feff9/materials")
+# the shared data sit beside the project root (../shared/data)
+ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cu_k_feff9" / "materials"
 OUT = Path(__file__).parent / "results" / "labels.md"
 
 

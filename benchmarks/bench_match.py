@@ -4,7 +4,7 @@
 
 Everything heavy is cached in --work (default /tmp/xastruct_bench_match) and resumes on a rerun:
 
-* ``store.duckdb``: the Cu K FEFF 9 tree (/work/shared/data/cu_k_feff9), a Cu K XANES forward model
+* ``store.duckdb``: the Cu K FEFF 9 tree (../shared/data/cu_k_feff9), a Cu K XANES forward model
   trained on its training split (``xastruct train forward --element Cu --source feff9``, frozen
   CHGNet + SGMLP, 1 seed) and its predictions for every stored Cu site (``xastruct screen``).
 * ``measured.duckdb``: reference structures of xaslib compounds built with pymatgen from
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 from xastruct import match as m  # noqa: E402
 from xastruct import store  # noqa: E402
 
-CU_FEFF9 = Path("/work/shared/data/cu_k_feff9")
-XASLIB = Path("/work/shared/data/xaslib")
+SHARED = ROOT.parent / "shared" / "data"  # beside the project root
+CU_FEFF9 = SHARED / "cu_k_feff9"
+XASLIB = SHARED / "xaslib"
 OUT = ROOT / "benchmarks" / "results" / "match.md"
 CLI = [str(ROOT / ".venv" / "bin" / "xastruct")]
 

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-XASLIB = Path("/work/shared/data/xaslib")
+XASLIB = ROOT.parent / "shared" / "data" / "xaslib"  # beside the project root
 OUT = ROOT / "benchmarks" / "results" / "measured.md"
 CLI = str(ROOT / ".venv" / "bin" / "xastruct")
 ELEMENTS = ("Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")  # the 3d metals benchmarked here
@@ -742,7 +742,7 @@ def main() -> None:
             (abs(pp["mnnd"]["value"] - sc["mnnd"]["value"]) < 1e-4 if t == "mnnd" else
              (pp[t].get("label") == sc[t].get("label")))
             for t in TASKS if t in pp and t in sc and "error" not in pp[t])  # fmt: skip
-        info["cross_check"] = {"file": f"/work/shared/data/xaslib/{CROSS_CHECK}", "element": el,
+        info["cross_check"] = {"file": f"../shared/data/xaslib/{CROSS_CHECK}", "element": el,
                                "text": ("identical: " if agree else "DIFFERENT: ") + "; ".join(diffs)}
         log("cross-check: " + info["cross_check"]["text"])
 

@@ -18,7 +18,9 @@ from xastruct import labels
 from xastruct.errors import InputError
 from xastruct.labels import METHODS, NeighborMethod, equivalent_sites, label_many, site_labels
 
-DATA = Path("/work/shared/data/cu_k_feff9/materials")
+from .conftest import CU_FEFF9
+
+DATA = CU_FEFF9 / "materials"
 
 
 # -- textbook structures -------------------------------------------------------------------------
