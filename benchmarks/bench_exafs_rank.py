@@ -47,30 +47,11 @@ OUT = ROOT / "benchmarks" / "results" / "exafs_rank.md"
 
 def candidates(engine, element: str, kind: str, x: np.ndarray) -> list[dict]:
     """Dataset structures with a FEFF K-edge spectrum of *element* (feff8l EXAFS / FEFF10 XANES): id,
-    source_id, formula, structure, and the multiplicity-weighted stored spectrum on the grid *x*
+    source_id, formula, structure, and the multiplicity-weighted stored spectrum ``feff`` on the grid *x*
     (EXAFS: chi(k); XANES: normalized mu on E - E0)."""
-    from pymatgen.core import Structure
+    from stored_spectra import site_averaged
 
-    cols = "sp.k, sp.chi, 0.0" if kind == "EXAFS" else "sp.energies, sp.mu, sp.e0"
-    where = ("sp.kind = 'EXAFS' AND sp.source = 'feff8l' AND sp.k IS NOT NULL" if kind == "EXAFS"
-             else "sp.kind = 'XANES' AND sp.source = 'feff10' AND sp.normalized AND sp.e0 IS NOT NULL")
-    with engine.connect() as c:
-        rows = c.exec_driver_sql(
-            f"SELECT st.id, st.source_id, st.formula, st.structure_json, {cols}, coalesce(si.multiplicity, 1) "
-            "FROM spectra sp JOIN structures st ON st.id = sp.structure_id LEFT JOIN sites si ON si.id = sp.site_id "
-            f"WHERE sp.absorber = ? AND sp.edge = 'K' AND {where} ORDER BY st.id", (element,)).all()
-    by: dict[int, dict] = {}
-    for sid, src, formula, js, a, b, e0, mult in rows:
-        d = by.setdefault(sid, {"id": sid, "source_id": src, "formula": formula, "json": js, "y": [], "w": []})
-        d["y"].append(np.interp(x, np.asarray(a) - float(e0), np.asarray(b)))
-        d["w"].append(float(mult))
-    out = []
-    for d in by.values():
-        js = d.pop("json")
-        d["structure"] = Structure.from_dict(js if isinstance(js, dict) else json.loads(js))
-        d["feff"] = np.average(d.pop("y"), axis=0, weights=d.pop("w"))
-        out.append(d)
-    return out
+    return site_averaged(engine, element, kind, x, structures=True)
 
 
 def scores(kind: str, path: Path, element: str, x: np.ndarray, names: list[str], rows: np.ndarray,

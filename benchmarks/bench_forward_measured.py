@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -49,23 +48,12 @@ OUT = ROOT / "benchmarks" / "results" / "forward_measured.md"
 def stored_xanes(eng, element: str, x: np.ndarray) -> dict:
     """source_id -> multiplicity-weighted mean FEFF10 XANES of its `element` sites on grid x; plus
     '__all__': the plain mean over every stored spectrum of the element (the trivial predictor)."""
-    import sqlalchemy as sa
+    from stored_spectra import site_averaged
 
-    q = sa.text("SELECT st.source_id, sp.energies, sp.mu, sp.e0, coalesce(si.multiplicity, 1) AS mult "
-                "FROM spectra sp JOIN structures st ON st.id = sp.structure_id "
-                "LEFT JOIN sites si ON si.id = sp.site_id "
-                "WHERE sp.absorber = :el AND sp.edge = 'K' AND sp.kind = 'XANES' AND sp.source = 'feff10' "
-                "AND sp.normalized AND sp.e0 IS NOT NULL")
-    acc: dict[str, list] = defaultdict(list)
-    every = []
-    with eng.connect() as c:
-        for sid, e, mu, e0, mult in c.execute(q, {"el": element}):
-            y = np.interp(x, np.asarray(e, float) - float(e0), np.asarray(mu, float))
-            acc[sid].append((float(mult), y))
-            every.append(y)
-    out = {sid: np.average([y for _, y in v], axis=0, weights=[w for w, _ in v]) for sid, v in acc.items()}
-    if every:
-        out["__all__"] = np.mean(every, axis=0)
+    rows = site_averaged(eng, element, "XANES", x)
+    out = {d["source_id"]: d["feff"] for d in rows}
+    if rows:
+        out["__all__"] = np.concatenate([d["spectra"] for d in rows]).mean(axis=0)
     return out
 
 

@@ -48,40 +48,32 @@ def log(msg: str) -> None:
 
 
 def twin_chi(engine, twin: str, element: str) -> tuple[np.ndarray, int] | None:
-    """Mean chi(k) on EXAFS_GRID over the twin structure's stored absorber sites."""
+    """The twin structure's stored feff8l chi(k) on EXAFS_GRID, averaged over its absorber sites with
+    their multiplicities (what the scan of the crystal records), and the number of stored sites."""
+    from stored_spectra import site_averaged
+
     from xastruct import inverse
 
-    with engine.connect() as c:
-        rows = c.exec_driver_sql(
-            "SELECT sp.k, sp.chi FROM spectra sp JOIN structures st ON st.id = sp.structure_id "
-            "WHERE st.source_id = ? AND sp.absorber = ? AND sp.kind = 'EXAFS'", (twin, element)).all()
-    if not rows:
-        return None
-    k = inverse.EXAFS_GRID
-    return np.mean([np.interp(k, np.asarray(a), np.asarray(b)) for a, b in rows], axis=0), len(rows)
+    got = site_averaged(engine, element, "EXAFS", inverse.EXAFS_GRID, source_id=twin)
+    return (got[0]["feff"], len(got[0]["weights"])) if got else None
 
 
 def twin_model_chi(engine, entry, twin: str, element: str) -> np.ndarray | None:
     """chi(k) on EXAFS_GRID that the forward EXAFS model (*entry*) predicts for the twin structure:
-    the mean over the same stored absorber sites :func:`twin_chi` averages (model grid = EXAFS_GRID)."""
-    from pymatgen.core import Structure
+    its members' mean over the same stored absorber sites, weighted as :func:`twin_chi` weights them."""
+    from stored_spectra import site_averaged
 
     from xastruct import inverse, train
 
-    with engine.connect() as c:
-        rows = c.exec_driver_sql(
-            "SELECT st.structure_json, si.site_index, sp.edge FROM spectra sp JOIN structures st ON st.id = sp.structure_id "
-            "JOIN sites si ON si.id = sp.site_id WHERE st.source_id = ? AND sp.absorber = ? AND sp.kind = 'EXAFS' "
-            "AND sp.edge = 'K'", (twin, element)).all()
-    if not rows or entry is None:
+    got = site_averaged(engine, element, "EXAFS", inverse.EXAFS_GRID, source_id=twin, structures=True)
+    if not got or entry is None:
         return None
-    js = rows[0][0]
-    structure = Structure.from_dict(js if isinstance(js, dict) else json.loads(js))
-    k2chi = train.predict_sites(entry, structure, [int(r[1]) for r in rows], device="cpu", edge="K")  # (m, sites, k)
+    d = got[0]
+    k2chi = train.predict_sites(entry, d["structure"], d["site_indices"], device="cpu", edge="K")  # (m, sites, k)
     k = train.grid_points(entry.grid)
     if len(k) != len(inverse.EXAFS_GRID) or not np.allclose(k, inverse.EXAFS_GRID):
         raise SystemExit(f"{entry.name}: grid {entry.grid} is not inverse.EXAFS_GRID")
-    return k2chi.mean(axis=(0, 1)) / k**2
+    return train.site_average(k2chi, d["weights"]).mean(0) / k**2
 
 
 def fit_nuisance(meas: np.ndarray, sim: np.ndarray) -> dict:
