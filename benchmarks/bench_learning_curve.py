@@ -13,7 +13,8 @@ forward: the shipped Cu K XANES head of bench_eta.py (frozen CHGNet, absorber po
   early stopping on the validation materials), ``--seeds`` seeds a fraction; eta of the seed
   ensemble on the filtered validation and test spectra. The baseline of eta is the FULL training
   set's mean spectrum at every fraction (so eta is 1 / the model's median MSE up to one constant).
-inverse: the models `make pretrained` ships, on the default dataset (``--db``): the universal MNND
+inverse: the models `make pretrained` ships, on the default dataset (``--db``; or any store, e.g. the
+  Cu K set with its feff8l EXAFS, ``--name`` says which): the universal MNND
   network (SGMLP-ReLU + element/edge) and the universal CN forest, one seed each; per-element MAE /
   macro-F1 and accuracy on the test materials of bench_inverse.py's split (by reduced formula, seed 0).
 
@@ -243,6 +244,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--db", default=os.environ.get("XASTRUCT_DB", "duckdb:///./xastruct.duckdb"),
                     help="the default dataset's store (as for bench_inverse.py)")
+    ap.add_argument("--name", default="the default dataset", help="what --db holds, for the report")
     ap.add_argument("--eta-db", default="duckdb:////tmp/bench_eta/cu.duckdb", help="bench_eta.py's Cu store")
     ap.add_argument("--state", type=Path, default=STATE)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -277,7 +279,7 @@ def main() -> None:
                                 else "no size (it does not move toward 10)") + ".")
         lines.append("")
     if inv_rows:
-        lines += ["## Inverse: the default dataset (shipped universal models, 1 seed each)", "",
+        lines += [f"## Inverse: {args.name} (the shipped universal models' settings, 1 seed each)", "",
                   "| model | training fraction | materials | sites | per-element test | per-element validation | "
                   "test accuracy | s |", "|---|---|---|---|---|---|---|---|"]
         for r in inv_rows:
