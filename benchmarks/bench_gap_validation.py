@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_measured import XASLIB, structure_truth, xdi_temperature  # noqa: E402
-from bench_sim_vs_measured import DE_STARTS, FIT_K  # noqa: E402  (same fit window and E0 starts as Part 1)
+from xastruct.match import EXAFS_FIT_DE_STARTS as DE_STARTS  # noqa: E402  (the fit window and E0 starts of
+from xastruct.match import EXAFS_FIT_K as FIT_K  # noqa: E402  match.fit_exafs, as bench_sim_vs_measured uses)
 
 OUT = ROOT / "benchmarks" / "results" / "gap_validation.md"
 

@@ -1,6 +1,6 @@
 """Benchmark: inverse models (spectrum -> CN / MNND / neighbour type) on held-out materials.
 
-    .venv/bin/python benchmarks/bench_inverse.py [--db URL] [--cu-db URL|none] [--seeds 3]
+    .venv/bin/python benchmarks/bench_inverse.py [--db URL] [--feff9-db URL|none | --feff9 DIR] [--seeds 3]
         [--ablation-seeds 1] [--epochs 60] [--tasks cn,neighbor,mnnd] [--out benchmarks/results/inverse.md]
 
 Datasets: the default store (``--db``, else $XASTRUCT_DB, else ./xastruct.duckdb) and a FEFF9 set
@@ -251,6 +251,9 @@ def run(args) -> str:
             datasets.append((f"default store ({store.resolve_url(url).split('@')[-1]})", d))
     if args.cu_db != "none":
         cu_url = args.cu_db
+        if cu_url is None and not args.feff9.exists() and args.feff9 != CU_FEFF9:
+            raise SystemExit(f"{args.feff9}: no such FEFF 9 tree (give materials/<id>/POSCAR + FEFF-XANES/... "
+                             "or a store with --feff9-db)")
         if cu_url is None and args.feff9.exists():
             from xastruct import ingest
 
@@ -330,6 +333,9 @@ def run(args) -> str:
             # what macro-F1 averages in with the common ones
             balanced = {"rf_class_weight": "balanced_subsample"}
             plans += [("cn", "rf", main_variant, True, args.ablation_seeds, "RF per element, balanced classes", R, balanced)]
+            # without the measurement-like EXAFS copies (hp augment 0): what they cost on simulated spectra
+            plans += [("cn", "rf", main_variant, True, args.ablation_seeds, "RF per element, no measurement-like copies", R,
+                       {"augment": 0})]
             if several:
                 plans += [("cn", "rf", main_variant, True, args.seeds, "RF universal + element/edge", R),
                           ("cn", "sgmlp", main_variant, True, args.ablation_seeds, "SGMLP universal + element/edge", R),
