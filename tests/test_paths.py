@@ -240,6 +240,9 @@ def test_predict_spectrum_ranks_candidate_structures_against_a_scan(universal, t
     run([*base, "--compare", scan, "--plot", png])
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "--compare FILE" in run(base, ok=False).output  # several structures need a file to rank against
+    # a wrong --compare path is named before any candidate is predicted
+    missing = run([*base, "--compare", tmp_path / "nope.xdi"], ok=False)
+    assert missing.exit_code == 1 and "no such file" in missing.output and "candidates" not in missing.output
     # structure:all: every stored structure with the element is a candidate; --top keeps the best N
     every = ["predict", "spectrum", "structure:all", "--element", "Cu", "--kind", "EXAFS", "--compare", scan,
              "--top", 2, "--format", "json", "--db", universal["url"], "--device", "cpu"]

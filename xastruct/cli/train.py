@@ -277,6 +277,8 @@ def predict_spectrum(structure_files, element, edge, kind, sites, model_name, pl
 
     if average and sites:
         raise InputError("--average", "is the mean over every site of the element", "drop --site, or --average")
+    if compare_file and not Path(compare_file).is_file():  # before any prediction (a ranking can take minutes)
+        raise InputError(compare_file, "no such file", "check the --compare path")
     if broaden is not None:
         if not compare_file:
             raise InputError("--broaden", "only applies with --compare FILE", "add --compare measured.xdi, or drop --broaden")
