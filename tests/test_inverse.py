@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from xastruct import feff
+from xastruct.errors import InputError
 from xastruct import inverse as inv
 from xastruct import registry, store
 from xastruct.errors import InputError
@@ -613,6 +614,39 @@ def test_augment_exafs_perturbs_copies_like_a_measurement():
     assert len(d) == len(aug) and np.isfinite(d.exafs[n:]).all()
 
 
+def test_xanes_broadening_copies_are_broader_realigned_and_leave_exafs_draws_alone():
+    x, k = inv.XANES_GRID, inv.EXAFS_GRID
+    n = 5
+    # an edge (arctan, half-step at 0) with a sharp white line 6 eV above it
+    edge = 0.5 + np.arctan(x / 1.0) / np.pi + 0.8 * np.exp(-0.5 * ((x - 6.0) / 1.0) ** 2)
+    xanes = np.tile(edge, (n, 1))
+    chi = np.stack([np.sin(2 * k * r) * np.exp(-0.008 * k**2) for r in np.linspace(1.9, 2.6, n)])
+    t = inv.SiteTable(element=np.array(["Cu"] * n), edge=np.array(["K"] * n), structure_id=np.arange(n),
+                      site_id=np.arange(n), group=np.array([f"F{i}" for i in range(n)]), cn=np.full(n, 4),
+                      mnnd=np.linspace(1.9, 2.6, n), neighbor=np.array(["O"] * n), xanes=xanes, exafs=chi * k**2,
+                      keys=[[]] * n)
+    t.exafs[0] = np.nan  # XANES only: copied only when the XANES is perturbed too
+    # zero width changes nothing; a wide one lowers the white line and keeps the half-step at E - E0 = 0
+    np.testing.assert_allclose(inv.broaden_xanes(xanes[:1], np.array([0.0])), xanes[:1], atol=1e-9)
+    wide = inv.broaden_xanes(xanes[:1], np.array([10.0]))[0]
+    assert wide.max() < edge.max() - 0.2
+    assert abs(inv.half_step_e0(x, wide)) < 0.3
+    assert np.isnan(inv.broaden_xanes(np.full((1, len(x)), np.nan), np.array([5.0]))).all()  # NaN rows stay NaN
+    plain = inv.augment_exafs(t, 2, seed=3)
+    ranges = inv.augment_ranges({"xanes_fwhm": [4, 12]})
+    aug = inv.augment_exafs(t, 2, seed=3, ranges=ranges)
+    assert len(plain) == n + 2 * (n - 1) and len(aug) == n + 2 * n  # the XANES-only row is copied too
+    np.testing.assert_array_equal(plain.xanes[n:], np.tile(xanes[1:], (2, 1)))  # without it: XANES duplicated
+    copies = aug.xanes[n:]
+    assert (copies.max(axis=1) < edge.max() - 0.1).all()  # every copy broadened (FWHM >= 4 eV)
+    # the EXAFS rows' draws are those of the run without XANES broadening (own random stream)
+    with_e = aug.has_exafs[n:]
+    np.testing.assert_allclose(aug.exafs[n:][with_e], plain.exafs[n:], atol=1e-12)
+    for bad in ({"xanes_fwhm": [-1, 4]}, {"xanes_width": [0, 4]}):
+        with pytest.raises(InputError):
+            inv.augment_ranges(bad)
+
+
 def test_shell_damping_damps_far_shells_more_and_nothing_at_zero():
     k = inv.EXAFS_GRID
     near, far = np.sin(2 * k * 2.0), 0.5 * np.sin(2 * k * 3.6)
@@ -671,8 +705,17 @@ def test_training_defaults_per_task_and_cli_overrides(trained, tmp_path):
     newest = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
     rec = newest.config["hyperparameters"]["augment_ranges"]
     assert rec["sigma2"] == [-0.003, 0.005] and rec["e0_ev"] == list(inv.AUGMENT["e0_ev"])
+    assert "xanes_fwhm" not in rec  # off unless asked for
     # the forest's size options reach the estimator and are recorded with it
     est = inv.load_member(newest.member_dirs()[0], device="cpu").estimator
+    # broadened-XANES copies: a XANES-only model then trains on copies too, and records the width range
+    r = CliRunner().invoke(train, ["inverse", "--task", "cn", "--all", "--universal", "--features", "xanes", "--seeds", "1",
+                                   "--device", "cpu", "--min-sites", "10", "--db", url, "--models-dir", str(tmp_path / "m"),
+                                   "--augment-ranges", '{"xanes_fwhm": [0, 12]}', "--n-estimators", "25"])
+    assert r.exit_code == 0, r.output
+    newest_x = max(registry.list_models(eng, task="cn"), key=lambda e: e.id)
+    hp_x = newest_x.config["hyperparameters"]
+    assert hp_x["augment"] == 2 and hp_x["augment_ranges"]["xanes_fwhm"] == [0, 12]
     assert (len(est.estimators_), est.min_samples_leaf) == (25, 3)
     hp = newest.config["hyperparameters"]
     assert (hp["n_estimators"], hp["rf_min_samples_leaf"]) == (25, 3)

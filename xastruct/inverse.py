@@ -879,13 +879,22 @@ def shell_damping(chi: np.ndarray, sigma2: np.ndarray, sigma2_per_a: np.ndarray)
     return out
 
 
+#: perturbations off unless a model's ranges name them (kept out of AUGMENT so a model trained without
+#: them records the same ranges as before): "xanes_fwhm", the FWHM (eV) of a Gaussian the XANES of each
+#: copy is convolved with (:func:`broaden_xanes`) -- measured edges are broader than FEFF's
+#: (benchmarks/results/measured_attrib.md: FEFF XANES broadened to fit each scan brings back most of
+#: the measured files' errors)
+OPTIONAL_AUGMENT = ("xanes_fwhm",)
+
+
 def augment_ranges(overrides: dict | None = None, *, source: str = "augment ranges") -> dict:
-    """:data:`AUGMENT` with *overrides* ({name: [lo, hi]}) applied, checked: known names, lo <= hi."""
+    """:data:`AUGMENT` with *overrides* ({name: [lo, hi]}) applied, checked: known names (AUGMENT or
+    :data:`OPTIONAL_AUGMENT`), lo <= hi, a FWHM not negative."""
     out = {k: tuple(v) for k, v in AUGMENT.items()}
     for name, v in (overrides or {}).items():
-        if name not in AUGMENT:
+        if name not in AUGMENT and name not in OPTIONAL_AUGMENT:
             raise InputError(source, f"unknown augmentation parameter {name!r}",
-                             f"use one of {', '.join(AUGMENT)}")
+                             f"use one of {', '.join((*AUGMENT, *OPTIONAL_AUGMENT))}")
         try:
             lo, hi = (float(x) for x in v)
         except (TypeError, ValueError):
@@ -893,7 +902,26 @@ def augment_ranges(overrides: dict | None = None, *, source: str = "augment rang
                              'write e.g. {"sigma2": [-0.003, 0.006]}') from None
         if not lo <= hi:
             raise InputError(source, f"{name}: low {lo} > high {hi}", "swap them")
+        if name == "xanes_fwhm" and lo < 0:
+            raise InputError(source, f"xanes_fwhm: a width cannot be negative ({lo})", 'write e.g. {"xanes_fwhm": [0, 16]}')
         out[name] = (lo, hi)
+    return out
+
+
+def broaden_xanes(xanes: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
+    """Rows of XANES features (normalized mu on :data:`XANES_GRID`) convolved with a Gaussian of each
+    row's *fwhm* (eV) and laid on the grid again relative to the broadened row's own half-step E0 --
+    what featurizing a broader (measured) edge gives. NaN rows stay NaN."""
+    from .match import gaussian_broaden
+
+    out = np.array(xanes, dtype=float, copy=True)
+    for i in np.flatnonzero(np.isfinite(out).all(axis=1)):
+        y = gaussian_broaden(out[i], XANES_GRID, float(np.ravel(fwhm)[i]))[0]
+        try:
+            e0 = half_step_e0(XANES_GRID, y)
+        except InputError:  # a row whose broadened edge no longer crosses 0.5 keeps the old origin
+            e0 = 0.0
+        out[i] = np.interp(XANES_GRID + e0, XANES_GRID, y)
     return out
 
 
@@ -902,23 +930,33 @@ def augment_exafs(data: SiteTable, copies: int, *, seed: int, ranges: dict | Non
     measured chi(k) from FEFF's with its fixed S0^2 = 0.9 and sigma^2 = 0.004 A^2 -- an amplitude
     factor, extra thermal/static disorder growing with the shell distance (:func:`shell_damping`),
     an E0 mismatch (k' = sqrt(k^2 + dE / 3.81)) and white noise whose k^2-weighted size grows as
-    k^2 (up to :data:`AUGMENT` ``noise_k12`` at k = 12). Rows without EXAFS are not duplicated.
+    k^2 (up to :data:`AUGMENT` ``noise_k12`` at k = 12). Rows without EXAFS are not duplicated --
+    unless *ranges* has a "xanes_fwhm" range with a width > 0: then every row with XANES or EXAFS is
+    copied and each copy's XANES is broadened by a FWHM drawn from it (:func:`broaden_xanes`; drawn
+    from its own random stream, so the EXAFS draws of rows with EXAFS are those without it).
     *ranges*: uniform ranges per parameter (default :data:`AUGMENT`; see :func:`augment_ranges`)."""
     ranges = AUGMENT if ranges is None else ranges
-    base = data.subset(data.has_exafs)
+    fwhm = ranges.get("xanes_fwhm")
+    broaden = fwhm is not None and float(fwhm[1]) > 0
+    base = data.subset(data.has_exafs | data.has_xanes if broaden else data.has_exafs)
     if copies <= 0 or len(base) == 0:
         return data
     rng = np.random.default_rng(seed)
+    rng_x = np.random.default_rng([seed, 1])
     k = EXAFS_GRID
     out = data
+    ex = base.has_exafs
     for _ in range(copies):
-        n = len(base)
-        u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in ranges.items()}
-        chi = shell_damping(base.exafs / k**EXAFS_KWEIGHT, u["sigma2"], u["sigma2_per_A"])
+        n = int(ex.sum())
+        u = {name: rng.uniform(lo, hi, size=(n, 1)) for name, (lo, hi) in ranges.items() if name in AUGMENT}
+        chi = shell_damping(base.exafs[ex] / k**EXAFS_KWEIGHT, u["sigma2"], u["sigma2_per_A"])
         kk = np.sqrt(np.clip(k[None, :] ** 2 + u["e0_ev"] / 3.8099821, 0.0, None))
         chi2 = u["amplitude"] * _interp_uniform(kk, k, chi)
         noise = rng.standard_normal(chi2.shape) * u["noise_k12"] / 144.0  # k^2 chi noise ~ k^2: chi noise flat
-        out = out.concat(replace(base, exafs=(chi2 + noise) * k**EXAFS_KWEIGHT, exafs_r=None))
+        exafs = np.full_like(base.exafs, np.nan)
+        exafs[ex] = (chi2 + noise) * k**EXAFS_KWEIGHT
+        xanes = broaden_xanes(base.xanes, rng_x.uniform(*fwhm, size=len(base))) if broaden else base.xanes
+        out = out.concat(replace(base, exafs=exafs, xanes=xanes, exafs_r=None))
     return out
 
 
@@ -1401,8 +1439,8 @@ def train_task(
 
     # the networks and forests fit on the training rows plus their measurement-like EXAFS copies;
     # input normalisation, classes and the trivial baseline stay those of the real training rows
-    if features == "xanes":
-        hp = {**hp, "augment": 0}  # XANES-only models would only see duplicated rows
+    if features == "xanes" and not float((hp.get("augment_ranges") or {}).get("xanes_fwhm", (0, 0))[1]) > 0:
+        hp = {**hp, "augment": 0}  # XANES-only models would only see duplicated rows (no XANES perturbation)
     # the ranges are recorded with the model: the measured k origin (MEASURED_EXAFS_E0_SHIFT_EV)
     # centres measured E0 offsets on the e0_ev range these models trained with
     hp = {**hp, "augment_ranges": ({k: list(v) for k, v in augment_ranges(hp.get("augment_ranges")).items()}

@@ -84,7 +84,9 @@ def _results_table(task: str, results: list) -> Table:
                    f"only [default: {inv.DEFAULT_HP['augment']}; why: README, benchmarks/bench_sim_vs_measured.py].")
 @click.option("--augment-ranges", "augment_ranges_json", default=None, metavar="JSON",
               help="Ranges of those copies' perturbations, over the defaults (inverse.AUGMENT), e.g. "
-                   "'{\"sigma2\": [-0.0035, 0.0075], \"e0_ev\": [-10, 0]}'; recorded with the model.")
+                   "'{\"sigma2\": [-0.0035, 0.0075], \"e0_ev\": [-10, 0]}'; recorded with the model. "
+                   "'{\"xanes_fwhm\": [0, 16]}' also broadens each copy's XANES by a Gaussian of that FWHM (eV) and "
+                   "then copies rows with XANES too (XANES-only models included); off by default.")
 @click.option("--epochs", default=None, type=int,
               help=f"Most epochs per seed [default: {inv.DEFAULT_HP['epochs']}, mnnd "
                    f"{inv.TASK_HP['mnnd']['epochs']}].")
