@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_measured import XASLIB  # noqa: E402  (same files, same place)
+from bench_measured import XASLIB, load_work  # noqa: E402  (same files, same place)
 
 OUT = ROOT / "benchmarks" / "results" / "exafs_rank.md"
 
@@ -79,17 +79,14 @@ def main() -> None:
     args = ap.parse_args()
     args.out = args.out or OUT.with_name(f"{args.kind.lower()}_rank.md")
     t0 = time.perf_counter()
-    mj = args.work / "measured.json"
-    if not mj.exists():
-        sys.exit(f"{mj} not found: run benchmarks/bench_measured.py first (it builds the store and the truth labels)")
+    measured, eng = load_work(args.work)
     import torch
 
     from xastruct import inverse, registry, store, train
 
     torch.set_num_threads(2)
     exafs = args.kind == "EXAFS"
-    rows = [r for r in json.loads(mj.read_text()) if r.get("twin") and (r.get("input") == "XANES+EXAFS" or not exafs)]
-    eng = store.get_engine(f"duckdb:///{(args.work / 'store.duckdb').resolve()}")
+    rows = [r for r in measured if r.get("twin") and (r.get("input") == "XANES+EXAFS" or not exafs)]
     entry = registry.latest(eng, "forward", None, None, args.kind, device="cpu")
     split = json.loads((Path(entry.artifact) / "split.json").read_text())
     side_of = {h: side for side in ("train", "val", "test") for h in split.get(side, [])}

@@ -190,6 +190,17 @@ def structure_truth(structure, element: str) -> dict:
 # ---------------------------------------------------------------------------------- metadata
 
 
+def load_work(work: Path):
+    """(rows of measured.json, engine of the work store) from a bench_measured.py work directory -- what
+    the benchmarks built on its results read -- or exit saying to run this script first."""
+    mj = work / "measured.json"
+    if not mj.exists():
+        sys.exit(f"{mj} not found: run benchmarks/bench_measured.py first (it builds the store and the truth labels)")
+    from xastruct import store
+
+    return json.loads(mj.read_text()), store.get_engine(f"duckdb:///{(work / 'store.duckdb').resolve()}")
+
+
 def xdi_temperature(path: Path) -> str:
     """Sample temperature from the XDI header (Sample.temperature, else the sample name / file name)."""
     text = path.read_text(errors="replace")[:20000]

@@ -1,7 +1,8 @@
 """Benchmark: where a measured file's inverse error comes from -- the model, the measured XANES or the
 measured EXAFS.
 
-    .venv/bin/python benchmarks/bench_measured_attrib.py [--work scratch/bench_measured]
+    .venv/bin/python benchmarks/bench_measured_attrib.py [--work scratch/bench_measured] \
+        [--models duckdb:///./scratch/cand/store.duckdb --out benchmarks/results/measured_attrib_cand.md]
 
 Needs benchmarks/bench_measured.py's work directory (its store with the shipped models and the embedded
 dataset, and measured.json with the truth labels and the simulated twins): run that first.
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "measured_attrib.md"
 
-from bench_measured import XASLIB  # noqa: E402
+from bench_measured import XASLIB, load_work  # noqa: E402
 from bench_sim_vs_measured import predict, twin_chi  # noqa: E402
 
 #: fine FEFF-E0-relative grid the twin's XANES are averaged on before the half-step E0 is found
@@ -94,11 +95,14 @@ def split_role(engine, twin: str, element: str) -> str:
     return next((part for part, names in groups.items() if formula in names), "not in split")
 
 
-def attribute(rows: list[dict], engine) -> list[dict]:
+def attribute(rows: list[dict], engine, models=None) -> list[dict]:
+    """*engine*: the store with the twins' FEFF spectra; *models*: the store whose newest inverse models
+    read the inputs (default: the same)."""
     from dataclasses import replace
 
     from xastruct import inverse
 
+    models = engine if models is None else models
     k2 = inverse.EXAFS_GRID**2
     out = []
     for r in rows:
@@ -111,16 +115,16 @@ def attribute(rows: list[dict], engine) -> list[dict]:
         has_x, has_e = inp.xanes is not None, inp.exafs is not None
         rec = {"file": r["file"], "compound": r["compound"], "element": r["element"], "truth": r["truth"],
                "input": "+".join(k for k, v in (("XANES", has_x), ("EXAFS", has_e)) if v),
-               "role": split_role(engine, r["twin"], r["element"]), "fwhm": fwhm, "pred": {}}
-        rec["pred"]["measured"] = predict(engine, inp)
+               "role": split_role(models, r["twin"], r["element"]), "fwhm": fwhm, "pred": {}}
+        rec["pred"]["measured"] = predict(models, inp)
         if (fx is not None or not has_x) and (fe is not None or not has_e):
-            rec["pred"]["FEFF"] = predict(engine, replace(inp, xanes=fx if has_x else None, exafs=fe if has_e else None))
+            rec["pred"]["FEFF"] = predict(models, replace(inp, xanes=fx if has_x else None, exafs=fe if has_e else None))
         if has_x and has_e and fe is not None:
-            rec["pred"]["meas XANES + FEFF EXAFS"] = predict(engine, replace(inp, exafs=fe))
+            rec["pred"]["meas XANES + FEFF EXAFS"] = predict(models, replace(inp, exafs=fe))
         if has_x and has_e and fx is not None:
-            rec["pred"]["FEFF XANES + meas EXAFS"] = predict(engine, replace(inp, xanes=fx))
+            rec["pred"]["FEFF XANES + meas EXAFS"] = predict(models, replace(inp, xanes=fx))
         if has_x and has_e and fxb is not None:
-            rec["pred"]["FEFF XANES broadened + meas EXAFS"] = predict(engine, replace(inp, xanes=fxb))
+            rec["pred"]["FEFF XANES broadened + meas EXAFS"] = predict(models, replace(inp, xanes=fxb))
         out.append(rec)
         p = rec["pred"]
         log(f"{r['file']} ({rec['role']}): CN true {r['truth']['cn']} " + ", ".join(
@@ -150,7 +154,7 @@ def verdict(rec: dict, task: str, tol: float) -> str:
         (mx, mxe), "gap: together")
 
 
-def report(recs: list[dict], elapsed: float, tol: float) -> str:
+def report(recs: list[dict], elapsed: float, tol: float, models: str | None = None) -> str:
     def cell(rec, c):
         p = rec["pred"].get(c)
         if p is None:
@@ -167,7 +171,9 @@ def report(recs: list[dict], elapsed: float, tol: float) -> str:
     lines = ["# Where the measured files' errors come from: model, measured XANES or measured EXAFS", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python "
              f"benchmarks/bench_measured_attrib.py{(' ' + ' '.join(sys.argv[1:])) if sys.argv[1:] else ''}` in "
-             f"{elapsed:.0f} s (after bench_measured.py). The shipped inverse models (bench_measured.py's store) on the "
+             f"{elapsed:.0f} s (after bench_measured.py). "
+             + (f"The newest inverse models of `{models}`" if models else "The shipped inverse models (bench_measured.py's store)")
+             + " on the "
              "measured test files whose crystal the dataset simulated, and on that twin's own FEFF spectra "
              "(multiplicity-weighted mean over its absorber sites, featurized like a file), with the kinds the file "
              "gives. Cells: CN / MNND (A) / neighbour; **bold** = wrong (CN class, neighbour element, MNND off by more "
@@ -211,18 +217,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "scratch" / "bench_measured")
     ap.add_argument("--tol", type=float, default=0.05, help="MNND error (A) counted as wrong")
+    ap.add_argument("--models", default=None, help="store URL whose newest inverse models read the inputs "
+                    "(e.g. candidates); default: the work store's (shipped) models")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    mj = args.work / "measured.json"
-    if not mj.exists():
-        sys.exit(f"{mj} not found: run benchmarks/bench_measured.py first (it builds the store and the truth labels)")
+    rows, engine = load_work(args.work)
     from xastruct import store
 
-    engine = store.get_engine(f"duckdb:///{(args.work / 'store.duckdb').resolve()}")
-    recs = attribute(json.loads(mj.read_text()), engine)
-    args.out.write_text(report(recs, time.perf_counter() - t0, args.tol))
-    (args.work / "measured_attrib.json").write_text(json.dumps(recs, default=str, indent=1))
+    models = store.get_engine(args.models) if args.models else None
+    recs = attribute(rows, engine, models)
+    args.out.write_text(report(recs, time.perf_counter() - t0, args.tol, args.models))
+    (args.work / f"{args.out.stem}.json").write_text(json.dumps(recs, default=str, indent=1))
     log(f"wrote {args.out}")
 
 

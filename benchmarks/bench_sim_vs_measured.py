@@ -24,7 +24,6 @@ structure` uses, with XANES+EXAFS (what the file gives) and with EXAFS only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_measured import XASLIB  # noqa: E402  (owned by bench_measured.py: same files, same place)
+from bench_measured import XASLIB, load_work  # noqa: E402  (owned by bench_measured.py: same files, same place)
 
 OUT = ROOT / "benchmarks" / "results" / "sim_vs_measured.md"
 PLOT_FILES = ("Cu_Foil_rt_2016Foils.xdi", "cr2o3_rt_001.xdi", "Fe2O3_rt_01.xdi", "FeO_rt_01.xdi", "ZnO.xdi",
@@ -277,13 +276,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    mj = args.work / "measured.json"
-    if not mj.exists():
-        sys.exit(f"{mj} not found: run benchmarks/bench_measured.py first (it builds the store and the truth labels)")
-    rows = json.loads(mj.read_text())
+    rows, shipped = load_work(args.work)
     from xastruct import store
 
-    shipped = store.get_engine(f"duckdb:///{(args.work / 'store.duckdb').resolve()}")
     cand = store.get_engine(args.candidate) if args.candidate else None
     p1, curves = part1(rows, shipped, cand)
     plot(curves, args.out.with_suffix(".png"))
