@@ -236,6 +236,29 @@ def rule_summary(url: str, items: list[tuple], rules=RULES) -> list[str]:
     return out
 
 
+def per_scan(stores: list[tuple[str, str]], items: list[tuple]) -> list[str]:
+    """One row per validation scan: CN / MNND / neighbour from each (label, store URL) under the current
+    reading rule, and whether the scan's XANES entered at all (it is blanked for an absorber the models
+    trained on too few XANES of): what a change to the XANES training can affect."""
+    from xastruct import inverse, store
+
+    heads = " | ".join(label for label, _ in stores)
+    out = ["", "Per validation scan, current reading rule (CN / MNND A / neighbour; truth first):", "",
+           f"| scan | XANES read | truth | {heads} |", "|---|---|---|" + "---|" * len(stores)]
+    for path, el, t in items:
+        inp = inverse.spectrum_features(path, element=el)
+        cells, read = [], "-"
+        for _, url in stores:
+            p = inverse.predict_spectra(store.get_engine(url), inp, device="cpu")
+            if inp.xanes is not None and read == "-":
+                read = "no" if any("XANES" in x for x in p.get("mnnd", {}).get("ignored", [])) else "yes"
+            g = lambda task, key: p.get(task, {}).get(key)  # noqa: E731
+            m = g("mnnd", "value")
+            cells.append(f"{g('cn', 'value')} / {'-' if m is None else f'{m:.2f}'} / {g('neighbor', 'label')}")
+        out.append(f"| {path.name} | {read} | {t['cn']} / {t['mnnd']:.2f} / {t['neighbor']} | " + " | ".join(cells) + " |")
+    return out
+
+
 def test_twins(work: Path) -> list[dict]:
     """The 4-parameter fit on bench_measured's test files with a simulated twin (as Part 1)."""
     from bench_sim_vs_measured import twin_pairs
@@ -409,7 +432,10 @@ def main() -> None:
                 rules[name + ", shipped"] = rule_summary(url, items, now)
                 for cand, label in zip(args.candidate, labels):
                     rules[name + f", {label}"] = rule_summary(cand, items, now)
-    args.out.write_text(report(val, tw, time.time() - t0, args.work if have_store else None, rules))
+    text = report(val, tw, time.time() - t0, args.work if have_store else None, rules)
+    if have_store and args.candidate:
+        text += "\n".join(per_scan([("shipped", url), *zip(labels, args.candidate)], val_items)) + "\n"
+    args.out.write_text(text)
     log(f"wrote {args.out}")
 
 
