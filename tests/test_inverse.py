@@ -245,6 +245,20 @@ def test_models_learn_and_beat_trivial_baselines(trained):
     assert {"cov1", "cov2", "r2", "slope"} <= set(mn["test"]["overall"])
 
 
+def test_models_listing_shows_each_inverse_task_held_out_figure(trained):
+    # `xastruct models` prints, per row, what the task is judged by: MNND MAE, CN / neighbour accuracy + F1
+    from xastruct.cli.train import models_cmd
+
+    url, _, res, _ = trained
+    r = CliRunner().invoke(models_cmd, ["--db", url], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    lines = {ln.split("│")[2].strip(): ln for ln in r.output.splitlines() if ln.count("│") > 3}
+    cn = res["cn"].metrics["test"]["overall"]
+    assert f"acc {cn['accuracy'][0]:.3f} ± {cn['accuracy'][1]:.3f}, F1 {cn['macro_f1'][0]:.3f}" in lines[res["cn"].entry.name]
+    mn = res["mnnd"].metrics["val"]["overall"]
+    assert f"MAE {mn['mae'][0]:.3f} ± {mn['mae'][1]:.3f} A" in lines[res["mnnd"].entry.name]
+
+
 def test_registered_rows_and_reload_reproduce_predictions(trained):
     url, eng, res, d = trained
     rows = {e.task: e for e in registry.list_models(eng)}

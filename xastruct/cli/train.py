@@ -46,6 +46,23 @@ def _pm(summary: dict, split: str, metric: str, fmt: str = ".4f") -> str:
     return f"{m['mean']:{fmt}} ± {m['std']:{fmt}}"
 
 
+def _headline(entry, split: str) -> str:
+    """The held-out figure of a registry row on *split* (val / test), mean +- std over seeds: forward
+    MAE of the spectrum, MNND MAE (A), CN / neighbour accuracy and macro-F1 over every absorber."""
+    m = entry.metrics or {}
+    if entry.task == "forward":
+        return f"MAE {_pm(m.get('summary', {}), split, 'mae')}"
+    o = (m.get(split) or {}).get("overall") or {}
+
+    def f(key: str, fmt: str) -> str:
+        v = o.get(key)
+        return "-" if not isinstance(v, list) or v[0] is None else f"{v[0]:{fmt}} ± {v[1]:{fmt}}"
+
+    if entry.task == "mnnd":
+        return f"MAE {f('mae', '.3f')} A"
+    return f"acc {f('accuracy', '.3f')}, F1 {f('macro_f1', '.3f')}"
+
+
 def _metrics_table(title: str, rows: list[tuple[str, dict, int]]) -> Table:
     tbl = Table(title=title)
     for c in ("model", "seeds", "test MAE", "test RMSE", "test cosine", "peak err"):
@@ -215,7 +232,8 @@ def models_cmd(task, element, as_json, db) -> None:
         out.print_json(json.dumps([{k: v for k, v in vars(e).items() if k != "members"} for e in entries], default=str))
         return
     tbl = Table(title=f"{len(entries)} registered model(s)")
-    for c in ("id", "name", "seeds", "test MAE", "test cosine", "split", "created"):
+    # forward: MAE of the spectrum; mnnd: MAE (A); cn / neighbor: accuracy and macro-F1 (all absorbers)
+    for c in ("id", "name", "seeds", "validation", "test", "test cosine", "split", "created"):
         tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left", no_wrap=c == "name")
     for e in entries:
         summ = (e.metrics or {}).get("summary", {})
@@ -223,8 +241,8 @@ def models_cmd(task, element, as_json, db) -> None:
         counts = split_doc.get("counts", {}) if isinstance(split_doc, dict) else {}
         split = "/".join(str(counts.get(s, {}).get("materials", "?")) for s in ("train", "val", "test")) if counts else "-"
         tbl.add_row(
-            str(e.id), e.name, str((e.metrics or {}).get("n_seeds", "-")), _pm(summ, "test", "mae"),
-            _pm(summ, "test", "cosine"), split, str(e.created_at or "")[:19],
+            str(e.id), e.name, str((e.metrics or {}).get("n_seeds", (e.metrics or {}).get("seeds", "-"))),
+            _headline(e, "val"), _headline(e, "test"), _pm(summ, "test", "cosine"), split, str(e.created_at or "")[:19],
         )  # fmt: skip
     out.print(tbl)
 
