@@ -908,6 +908,11 @@ def augment_ranges(overrides: dict | None = None, *, source: str = "augment rang
     return out
 
 
+def perturbs_xanes(ranges: dict | None) -> bool:
+    """Whether augmentation *ranges* broaden the copies' XANES (a "xanes_fwhm" range wider than 0)."""
+    return float((ranges or {}).get("xanes_fwhm", (0.0, 0.0))[1]) > 0
+
+
 def broaden_xanes(xanes: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
     """Rows of XANES features (normalized mu on :data:`XANES_GRID`) convolved with a Gaussian of each
     row's *fwhm* (eV) and laid on the grid again relative to the broadened row's own half-step E0 --
@@ -937,7 +942,7 @@ def augment_exafs(data: SiteTable, copies: int, *, seed: int, ranges: dict | Non
     *ranges*: uniform ranges per parameter (default :data:`AUGMENT`; see :func:`augment_ranges`)."""
     ranges = AUGMENT if ranges is None else ranges
     fwhm = ranges.get("xanes_fwhm")
-    broaden = fwhm is not None and float(fwhm[1]) > 0
+    broaden = perturbs_xanes(ranges)
     base = data.subset(data.has_exafs | data.has_xanes if broaden else data.has_exafs)
     if copies <= 0 or len(base) == 0:
         return data
@@ -1439,7 +1444,7 @@ def train_task(
 
     # the networks and forests fit on the training rows plus their measurement-like EXAFS copies;
     # input normalisation, classes and the trivial baseline stay those of the real training rows
-    if features == "xanes" and not float((hp.get("augment_ranges") or {}).get("xanes_fwhm", (0, 0))[1]) > 0:
+    if features == "xanes" and not perturbs_xanes(hp.get("augment_ranges")):
         hp = {**hp, "augment": 0}  # XANES-only models would only see duplicated rows (no XANES perturbation)
     # the ranges are recorded with the model: the measured k origin (MEASURED_EXAFS_E0_SHIFT_EV)
     # centres measured E0 offsets on the e0_ev range these models trained with
