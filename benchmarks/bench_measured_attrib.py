@@ -187,6 +187,11 @@ def report(recs: list[dict], elapsed: float, tol: float, models: str | None = No
                      f"{t['neighbor']} | " + " | ".join(cell(r, c) for c in COMBOS)
                      + f" | {'-' if r['fwhm'] is None else format(r['fwhm'], 'g')} | "
                      + " | ".join(verdict(r, task, tol) or "-" for task in ("cn", "mnnd", "neighbor")) + " |")
+    fw = [r["fwhm"] for r in recs if r["fwhm"] is not None]
+    if fw:
+        lines += ["", f"FWHM: the Gaussian broadening (eV, of match.BROADEN_FWHM) that brings the twin's FEFF XANES closest "
+                  f"to the scan's (MAE of the features); median {np.median(fw):g} eV over {len(fw)} scans "
+                  f"(range {min(fw):g}-{max(fw):g})."]
     lines += ["", "Summary over these files (CN accuracy, MNND MAE in A, neighbour accuracy; n files with that input):", "",
               "| input | files | CN acc | MNND MAE | neighbour acc | n |", "|---|---|---|---|---|---|"]
     for c in COMBOS:
