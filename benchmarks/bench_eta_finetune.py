@@ -10,7 +10,9 @@ Same data, target, outlier filter and material split as bench_eta.py. Per seed:
      (train.TrainConfig.encoder_lr_scale), batch 16, early stopping on the validation MSE (--patience),
      best-validation weights kept.
 Each fine-tuning epoch costs minutes on this CPU, so every epoch's full training state is
-checkpointed (train._fit): kill it any time, rerun the same command, it continues. Stage 2 starts
+checkpointed (train._fit): kill it any time, rerun the same command, it continues. A finished seed's
+predictions and record go to benchmarks/state/eta_ft/ (a few hundred kB, under git; the weights, 8-14 MB a
+stage, stay in the cache), so on a fresh machine the rerun starts at the first unfinished seed. Stage 2 starts
 from exactly stage 1's predictions (checked before training). Writes benchmarks/results/eta_finetune.md
 with the validation eta (the basis for any choice) and the test eta (filtered / all, bootstrap 95%
 interval over held-out materials) after each stage.
@@ -40,6 +42,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "eta_finetune.md"))
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="where the per-seed training states go (default: the data cache's checkpoints/)")
+    ap.add_argument("--state-dir", default=str(ROOT / "benchmarks" / "state" / "eta_ft"),
+                    help="each finished seed's predictions + training record (small, kept under git): a run "
+                         "spanning sessions resumes at the first unfinished seed on a fresh machine")
     args = ap.parse_args()
     import bench_eta as B
 
@@ -50,7 +57,7 @@ def main() -> None:
     data, y, scale, cache = cu["data"], cu["y"], cu["scale"], Path(cu["cache"])
     tr, va, test_all, test_f = cu["train"], cu["val"], cu["test_all"], cu["test"]
     base = y[tr].mean(0)
-    ck_dir = cache / "checkpoints"
+    ck_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else cache / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
     ys = torch.from_numpy(data.y)
 
@@ -74,19 +81,18 @@ def main() -> None:
                              device="cpu", num_threads=args.threads, pool="absorber", dropout=0.2).resolved()
     tag = f"lr{args.lr:g}_p{args.patience}"
     rows, preds = [], {"frozen": [], "fine-tuned": []}
-    for seed in range(args.seeds):
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+
+    def _train_seed(seed: int):
+        """Stage 1 then stage 2 for *seed* (resumable from the checkpoints): predictions and record."""
         m1, f1, _ = train._build(cfg1, data, tr, cache_dir=cache, device="cpu", progress=None, seed=seed)
         fit1 = train._fit(m1, f1, ys, tr, va, seed=seed, epochs=cfg1["epochs"], lr=cfg1["lr"],
                           weight_decay=cfg1["weight_decay"], batch_size=cfg1["batch_size"], patience=cfg1["patience"],
                           max_minutes=None, checkpoint=ck_dir / f"eta_ft_stage1_s{seed}.pt")
         m1.eval()
         p1 = [train._predict(m1, f1, rows_, 256) * scale for rows_ in (va, test_all)]
-        s1 = scores(*p1)
-        s1["mse"] = (fit1["best_epoch_train_mse"], fit1["best_val_mse"])
-        rows.append(("frozen CHGNet + head", seed, f"{fit1['epochs_run']} ({fit1['best_epoch']})", s1,
-                     fit1["seconds"]))  # training seconds, summed over resumed runs
-        preds["frozen"].append(p1)
-        print(f"seed {seed} stage 1: val eta {s1['val']:.2f}, test {s1['test_f']:.2f}", flush=True)
+        print(f"seed {seed} stage 1: val eta {scores(*p1)['val']:.2f}", flush=True)
 
         m2, f2, groups = train._build(cfg2, data, tr, cache_dir=cache, device="cpu", progress=None, seed=seed)
         m2.model.head.load_state_dict(m1.head.state_dict())
@@ -97,7 +103,7 @@ def main() -> None:
         gap = float(np.abs(start - p1[0][:64]).max())
         assert gap < 1e-3 * float(np.abs(y).max()), f"stage 2 does not start from stage 1 (max diff {gap})"
 
-        def log(epoch, trn, val, best, seed=seed):
+        def log(epoch, trn, val, best):
             print(f"  seed {seed} fine-tune epoch {epoch}/{cfg2['epochs']} train {trn:.5f} val {val:.5f} best@{best}",
                   flush=True)
 
@@ -107,12 +113,32 @@ def main() -> None:
                           checkpoint=ck_dir / f"eta_ft_stage2_s{seed}_{tag}.pt")
         m2.eval()
         p2 = [train._predict(m2, f2, rows_, 64) * scale for rows_ in (va, test_all)]
-        s2 = scores(*p2)
-        s2["mse"] = (fit2["best_epoch_train_mse"], fit2["best_val_mse"])
+        info = {"epochs1": f"{fit1['epochs_run']} ({fit1['best_epoch']})", "seconds1": fit1["seconds"],
+                "mse1": (fit1["best_epoch_train_mse"], fit1["best_val_mse"]),
+                "epochs2": f"{fit2['epochs_run']} ({fit2['best_epoch']})", "seconds2": fit2["seconds"],
+                "mse2": (fit2["best_epoch_train_mse"], fit2["best_val_mse"])}
+        return p1, p2, info
+
+    for seed in range(args.seeds):
+        done = state / f"seed{seed}_{tag}_e{args.epochs}.npz"
+        if done.exists():  # a finished seed: its predictions and training record, not its weights
+            z = np.load(done)
+            info = json.loads(str(z["info"]))
+            p1, p2 = [z["val1"], z["test1"]], [z["val2"], z["test2"]]
+        else:
+            p1, p2, info = _train_seed(seed)
+            tmp = done.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, val1=p1[0], test1=p1[1], val2=p2[0], test2=p2[1], info=json.dumps(info))
+            tmp.replace(done)
+        s1, s2 = scores(*p1), scores(*p2)
+        s1["mse"], s2["mse"] = info["mse1"], info["mse2"]
+        rows.append(("frozen CHGNet + head", seed, info["epochs1"], s1, info["seconds1"]))
         rows.append((f"fine-tuned CHGNet + head (lr {args.lr:g}, CHGNet x{cfg2['encoder_lr_scale']:g})", seed,
-                     f"{fit2['epochs_run']} ({fit2['best_epoch']})", s2, fit2["seconds"]))
+                     info["epochs2"], s2, info["seconds2"]))
+        preds["frozen"].append(p1)
         preds["fine-tuned"].append(p2)
-        print(f"seed {seed} stage 2: val eta {s2['val']:.2f}, test {s2['test_f']:.2f}", flush=True)
+        print(f"seed {seed}: stage 1 val eta {s1['val']:.2f}, test {s1['test_f']:.2f}; "
+              f"stage 2 val eta {s2['val']:.2f}, test {s2['test_f']:.2f}", flush=True)
     if args.seeds > 1:
         for name, label in (("frozen", "frozen CHGNet + head"), ("fine-tuned", "fine-tuned CHGNet + head")):
             pv, pt = (np.mean([p[i] for p in preds[name]], 0) for i in (0, 1))

@@ -11,7 +11,8 @@ with ranges read off this benchmark's fits) beside the shipped ones, on the same
 bench_sim_vs_measured.py (Part 1) fits the gap on 21 of bench_measured.py's 33 test files (the
 source of inverse.AUGMENT's ranges until session 16). Here the same gap is fitted on :data:`FILES`:
 scans of V, Sr, Cd, Se (K edge) and W, Pt, Au, Pb, Eu (L3 edge) compounds with simple, well-known
-crystals, none of them a bench_measured.py file. For each: the crystal is built with pymatgen from
+crystals, none of them a bench_measured.py file; :data:`FILES_ADDED` (session 23) adds six scans of 3d
+compounds (V, Cr, Fe, Cu), whose XANES the models read, two of them XANES only (no gap fit). For each: the crystal is built with pymatgen from
 its literature cell, feff8l runs with the dataset's defaults (`feff.run_job`, as `xastruct simulate`)
 on every symmetry-inequivalent absorber site, chi(k) is the multiplicity-weighted mean; the measured
 chi(k) is `xastruct predict structure`'s extraction (`inverse.spectrum_features`). Over k = 3-11 1/A
@@ -78,7 +79,50 @@ def structures() -> dict:
         "NiSe": sg("P6_3/mmc", Lattice.hexagonal(3.6613, 5.3562), ["Ni", "Se"], [[0, 0, 0], [1 / 3, 2 / 3, 0.25]]),
         "EuO": rs(5.144, "Eu", "O"),
         "EuSe": rs(6.185, "Eu", "Se"),
+        # added in session 23 (3d absorbers, so their XANES is read; FILES_ADDED)
+        # siderite (calcite type): Effenberger et al., Z. Kristallogr. 156, 233 (1981); Fe-O 2.148 A
+        "FeCO3": sg("R-3c", Lattice.hexagonal(4.6916, 15.3796), ["Fe", "C", "O"], [[0, 0, 0], [0, 0, 0.25], [0.2726, 0, 0.25]]),
+        # goethite, Pbnm setting: Yang et al., Am. Mineral. 91, 1299 (2006); Fe-O 3 x 1.95 + 3 x 2.10 A
+        "FeOOH": sg("Pbnm", Lattice.orthorhombic(4.6158, 9.9550, 3.0232), ["Fe", "O", "O", "H"],
+                    [[-0.04833, 0.14623, 0.25], [0.28937, -0.19963, 0.25], [-0.19467, -0.05246, 0.25], [-0.4115, -0.0872, 0.25]]),
+        # monoclinic M1 (room temperature): Longo & Kierkegaard, Acta Chem. Scand. 24, 420 (1970); V-V 2.62 / 3.17 A
+        "VO2": sg("P2_1/c", Lattice.monoclinic(5.7517, 4.5378, 5.3825, 122.646), ["V", "O", "O"],
+                  [[0.23947, 0.97894, 0.02646], [0.10616, 0.21185, 0.20859], [0.40051, 0.70258, 0.29884]]),
+        "K2CrO4": k2cro4(),
+        **({"azurite": azurite} if (azurite := _azurite()) is not None else {}),
     }
+
+
+def k2cro4():
+    """K2CrO4 as a model: the beta-K2SO4 type (atom positions of K2SO4, McGinnety, Acta Cryst. B28, 2845
+    (1972)) in K2CrO4's cell (a, b, c 7.662, 5.919, 10.391 A), each CrO4 tetrahedron scaled about its Cr to
+    the chromate's Cr-O of 1.65 A. Truth (CN 4, MNND 1.65 A, O) is exact; shells beyond are approximate."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure.from_spacegroup(
+        "Pnma", Lattice.orthorhombic(7.662, 5.919, 10.391), ["K", "K", "Cr", "O", "O", "O"],
+        [[0.6742, 0.25, 0.4106], [-0.0104, 0.25, 0.7005], [0.2329, 0.25, 0.4200], [0.0376, 0.25, 0.4160],
+         [0.2985, 0.25, 0.5590], [0.3018, 0.0405, 0.3524]])  # fmt: skip
+    for i, site in enumerate(s):
+        if site.specie.symbol == "Cr":
+            for nb in s.get_neighbors(site, 2.0):
+                s.replace(nb.index, "O", site.coords + (nb.coords - site.coords) * 1.65 / nb.nn_distance,
+                          coords_are_cartesian=True)  # fmt: skip
+    return s
+
+
+def _azurite():
+    """Azurite Cu3(CO3)2(OH)2: Materials Project's relaxed cell (mp-23733, in the shared FEFF 9 Cu set) with
+    its lattice set to the measured one (Belokoneva et al., Phys. Chem. Miner. 28, 498 (2001)); None without
+    the shared data."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    path = ROOT.parent / "shared" / "data" / "cu_k_feff9" / "materials" / "mp-23733" / "POSCAR"
+    if not path.exists():
+        return None
+    s = SpacegroupAnalyzer(Structure.from_file(path)).get_conventional_standard_structure()
+    return Structure(Lattice.monoclinic(5.0109, 5.8485, 10.345, 92.43), s.species, s.frac_coords)
 
 
 #: xaslib file -> (absorber, compound). One scan per compound and temperature; none is a
@@ -103,6 +147,18 @@ FILES = {
     "Se/Se_NiSe_rt_01.xdi": ("Se", "NiSe"),
     "Eu/EuO_eu_l3_001.xdi": ("Eu", "EuO"),
     "Eu/EuSe_eu_l3_001.xdi": ("Eu", "EuSe"),
+}
+#: added in session 23: 3d absorbers whose XANES the shipped models read (of the 18 above, only the 3 V
+#: scans), so XANES-side changes can be judged; not used to set inverse.AUGMENT or the E0 shift. Two
+#: stop before the EXAFS range (no gap fit; the models read their XANES). Left out: Cr2S3, Na2CrO4,
+#: K2Cr2O7, V2O5, Cu2S (no literature cell at hand), Fe3C (CrystalNN counts only its C neighbours).
+FILES_ADDED = {
+    "V/VO2.xdi": ("V", "VO2"),
+    "Fe/Hansel2001_siderite_xanes_001.xdi": ("Fe", "FeCO3"),
+    "Fe/Hansel2001_goethite_xanes_003.xdi": ("Fe", "FeOOH"),
+    "Cr/k2cro4_rt_001.xdi": ("Cr", "K2CrO4"),
+    "Cr/k2cro4_15K_001.xdi": ("Cr", "K2CrO4"),
+    "Cu/Cu_azurite_13K_01.xdi": ("Cu", "azurite"),
 }
 PARAMS = ("A", "ds2", "ds2_per_A", "dE")
 AUG_KEY = {"A": "amplitude", "ds2": "sigma2", "ds2_per_A": "sigma2_per_A", "dE": "e0_ev"}
@@ -177,15 +233,18 @@ def fit_gap(meas: np.ndarray, sim: np.ndarray, *, per_a: bool) -> dict:
 
 
 def shipped_predictions(url: str, inp, sim: np.ndarray) -> dict:
-    """The store's models on the scan (XANES+EXAFS, EXAFS only) and on the crystal's FEFF chi."""
+    """The store's models on the scan (XANES+EXAFS, EXAFS only) and on the crystal's FEFF chi (*sim*;
+    None for a XANES-only scan: the scan as given only)."""
     from dataclasses import replace
 
     from xastruct import inverse, store
 
     eng = store.get_engine(url)
     out = {}
-    for label, kinds in (("both", {}), ("exafs", {"xanes": None}),
-                         ("feff", {"xanes": None, "exafs": sim * inverse.EXAFS_GRID**inverse.EXAFS_KWEIGHT})):
+    reads = [("both", {})]
+    if sim is not None:
+        reads += [("exafs", {"xanes": None}), ("feff", {"xanes": None, "exafs": sim * inverse.EXAFS_GRID**inverse.EXAFS_KWEIGHT})]
+    for label, kinds in reads:
         p = inverse.predict_spectra(eng, replace(inp, **kinds), device="cpu")
         out[label] = {t: (v.get("value") if t != "neighbor" else v.get("label")) for t, v in p.items() if "error" not in v}
     return out
@@ -245,17 +304,32 @@ def per_scan(stores: list[tuple[str, str]], items: list[tuple]) -> list[str]:
     heads = " | ".join(label for label, _ in stores)
     out = ["", "Per validation scan, current reading rule (CN / MNND A / neighbour; truth first):", "",
            f"| scan | XANES read | truth | {heads} |", "|---|---|---|" + "---|" * len(stores)]
+    read_scores = [{"mnnd": [], "cn": [], "neighbor": []} for _ in stores]
     for path, el, t in items:
         inp = inverse.spectrum_features(path, element=el)
-        cells, read = [], "-"
+        cells, read, preds = [], "-", []
         for _, url in stores:
             p = inverse.predict_spectra(store.get_engine(url), inp, device="cpu")
             if inp.xanes is not None and read == "-":
                 read = "no" if any("XANES" in x for x in p.get("mnnd", {}).get("ignored", [])) else "yes"
             g = lambda task, key: p.get(task, {}).get(key)  # noqa: E731
             m = g("mnnd", "value")
+            preds.append((g("cn", "value"), m, g("neighbor", "label")))
             cells.append(f"{g('cn', 'value')} / {'-' if m is None else f'{m:.2f}'} / {g('neighbor', 'label')}")
+        if read == "yes":
+            for sc, (cn, m, nb) in zip(read_scores, preds):
+                if m is not None:
+                    sc["mnnd"].append(abs(m - t["mnnd"]))
+                if cn is not None:
+                    sc["cn"].append(cn == t["cn"])
+                if nb is not None:
+                    sc["neighbor"].append(nb == t["neighbor"])
         out.append(f"| {path.name} | {read} | {t['cn']} / {t['mnnd']:.2f} / {t['neighbor']} | " + " | ".join(cells) + " |")
+    out += ["", "Scans whose XANES was read (what a change to the XANES training can affect):", ""]
+    for (label, _), sc in zip(stores, read_scores):
+        n = len(sc["mnnd"])
+        out.append(f"- {label}: MNND MAE {np.mean(sc['mnnd']) if n else float('nan'):.3f} A (n {n}); CN "
+                   f"{sum(sc['cn'])} of {len(sc['cn'])} right; neighbour {sum(sc['neighbor'])} of {len(sc['neighbor'])} right")
     return out
 
 
@@ -278,10 +352,27 @@ def spread(rows: list[dict], key: str) -> str:
     return " | ".join(f"{x:.2f}" if scale == 1.0 or abs(x) < 100 else f"{x:.0f}" for x in q)
 
 
+def _pred_summary(rows: list[dict]) -> str:
+    """MNND MAE (scan as given / EXAFS only / FEFF chi), CN and neighbour accuracy of rows with "pred"."""
+    def mae(read):
+        e = [abs(r["pred"][read]["mnnd"] - r["truth"]["mnnd"]) for r in rows
+             if r["pred"].get(read, {}).get("mnnd") is not None]
+        return f"{np.mean(e):.3f} A (median {np.median(e):.3f}, n {len(e)})" if e else "-"
+
+    def acc(task):
+        v = [r["pred"]["both"].get(task) == r["truth"][task] for r in rows if r["pred"]["both"].get(task) is not None]
+        return f"{np.mean(v):.2f} (n {len(v)})" if v else "-"
+
+    return (f"MNND MAE {mae('both')}; EXAFS only {mae('exafs')}; from the crystals' FEFF chi {mae('feff')}; "
+            f"CN accuracy {acc('cn')}; neighbour accuracy {acc('neighbor')}.")
+
+
 def report(val: list[dict], tw: list[dict], elapsed: float, work: Path | None, rules: dict | None = None) -> str:
     from xastruct import inverse
 
     cmd = " ".join(sys.argv[1:])
+    fitted = [r for r in val if "fit4" in r]
+    orig = [r for r in fitted if not r.get("added")]
     fmt = lambda r, p: f"{r[p] * 1e3:+.1f}" if p.startswith("ds2") else f"{r[p]:.2f}" if p == "A" else f"{r[p]:+.1f}"  # noqa: E731
     lines = [
         "# The measured-vs-FEFF gap on validation scans (not in the measured test set)", "",
@@ -297,26 +388,28 @@ def report(val: list[dict], tw: list[dict], elapsed: float, work: Path | None, r
         "(ds2 extra disorder up to an apparent 1.5 A, growing by ds2_per_A per A beyond); '3-par' fixes "
         "ds2_per_A = 0 (bench_sim_vs_measured.py Part 1's form). ds2 in 1e-3 A^2, dE in eV. dE is relative to the "
         "current k origin. With the k origin of before (inverse.MEASURED_EXAFS_E0_SHIFT_EV = 0, refitted by this run) "
-        f"the median fitted dE is {np.median([r['dE_shift0'] for r in val]):.1f} eV here"
+        f"the median fitted dE is {np.median([r['dE_shift0'] for r in orig]):.1f} eV on the {len(orig)} original scans"
         + (f" and {np.median([r['dE_shift0'] for r in tw]):.1f} eV on the test twins" if tw else "")
         + "; the shift was set from that validation median minus the centre of AUGMENT['e0_ev'] (module comment there).", "",
         "## Fits, validation scans", "",
         "| compound | file | T | R^2 raw | A | ds2 | ds2_per_A | dE | R^2 fit | 3-par: A | ds2 | dE | R^2 fit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in val:
+    for r in fitted:
         f4, f3 = r["fit4"], r["fit3"]
-        lines.append(f"| {r['compound']} | {r['file']} | {r['T']} | {f4['r2_raw']:.2f} | "
+        lines.append(f"| {r['compound']}{' (added)' if r.get('added') else ''} | {r['file']} | {r['T']} | {f4['r2_raw']:.2f} | "
                      + " | ".join(fmt(f4, p) for p in PARAMS) + f" | {f4['r2_fit']:.2f} | "
                      + " | ".join(fmt(f3, p) for p in ("A", "ds2", "dE")) + f" | {f3['r2_fit']:.2f} |")
     lines += ["", "## Spread of the fitted parameters vs inverse.AUGMENT", "",
               "min | 10th | median | 90th | max percentile of the 4-parameter fits; AUGMENT = the uniform "
-              "ranges the shipped inverse models were trained with (set from the test files' 3-parameter fits).", "",
+              "ranges the shipped inverse models were trained with (set from the original validation scans' fits, "
+              "session 16; the scans added in session 23 set nothing).", "",
               "| parameter | set | n | min | p10 | median | p90 | max | AUGMENT range |", "|---|---|---|---|---|---|---|---|---|"]
     for p in PARAMS:
         lo, hi = inverse.AUGMENT[AUG_KEY[p]]
         sc = 1e3 if p.startswith("ds2") else 1.0
-        for name, rows in (("validation", [r["fit4"] for r in val]), ("test twins", tw)):
+        for name, rows in (("validation", [r["fit4"] for r in orig]), ("added in session 23", [r["fit4"] for r in fitted if r.get("added")]),
+                           ("test twins", tw)):
             if rows:
                 lines.append(f"| {p} | {name} | {len(rows)} | {spread(rows, p)} | {lo * sc:g} to {hi * sc:g} |")
     if tw:
@@ -332,31 +425,22 @@ def report(val: list[dict], tw: list[dict], elapsed: float, work: Path | None, r
                   "labels of the built crystal, multiplicity-weighted (bench_measured.structure_truth). These "
                   "scans are the validation set: inverse.AUGMENT's ranges are their fits' 10th-90th percentiles "
                   "and MEASURED_EXAFS_E0_SHIFT_EV their median E0 offset, so for the shipped models they are not "
-                  "out of sample (bench_measured.py's 33 test files are). CN / neighbour models exist only for "
-                  "some absorbers ('-' where none).", "",
+                  "out of sample (bench_measured.py's 33 test files are); the scans marked '(added)' (session 23: 3d "
+                  "absorbers, whose XANES the models read) set nothing. CN / neighbour models exist only for "
+                  "some absorbers ('-' where none); XANES-only scans have no EXAFS or FEFF-chi column.", "",
                   "| compound | file | true CN | CN | true MNND | MNND (XANES+EXAFS) | MNND (EXAFS) | MNND (FEFF chi of the crystal) "
                   "| true neighbour | neighbour |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        errs, errs_x, errs_f = [], [], []
         for r in pr:
-            t, b, x, fe = r["truth"], r["pred"]["both"], r["pred"]["exafs"], r["pred"]["feff"]
-            if fe.get("mnnd") is not None:
-                errs_f.append(abs(fe["mnnd"] - t["mnnd"]))
-            if b.get("mnnd") is not None:
-                errs.append(abs(b["mnnd"] - t["mnnd"]))
-            if x.get("mnnd") is not None:
-                errs_x.append(abs(x["mnnd"] - t["mnnd"]))
+            t, b, x, fe = r["truth"], r["pred"]["both"], r["pred"].get("exafs", {}), r["pred"].get("feff", {})
             f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-            lines.append(f"| {r['compound']} | {r['file']} | {t['cn']} | {b.get('cn', '-')} | {t['mnnd']:.2f} | "
+            lines.append(f"| {r['compound']}{' (added)' if r.get('added') else ''} | {r['file']} | {t['cn']} | {b.get('cn', '-')} | {t['mnnd']:.2f} | "
                          f"{f(b.get('mnnd'))} | {f(x.get('mnnd'))} | {f(fe.get('mnnd'))} | {t['neighbor']} | {b.get('neighbor', '-')} |")
-        cn = [r["pred"]["both"].get("cn") == r["truth"]["cn"] for r in pr if r["pred"]["both"].get("cn") is not None]
-        nb = [r["pred"]["both"].get("neighbor") == r["truth"]["neighbor"] for r in pr
-              if r["pred"]["both"].get("neighbor") is not None]
-        lines += ["", f"MNND MAE {np.mean(errs):.3f} A (median {np.median(errs):.3f}, n {len(errs)}); EXAFS only "
-                  f"{np.mean(errs_x):.3f} A (median {np.median(errs_x):.3f}); from the crystals' FEFF chi "
-                  f"{np.mean(errs_f):.3f} A (median {np.median(errs_f):.3f}); CN accuracy "
-                  f"{np.mean(cn) if cn else float('nan'):.2f} (n {len(cn)}); neighbour accuracy "
-                  f"{np.mean(nb) if nb else float('nan'):.2f} (n {len(nb)})."]
+        lines.append("")
+        for name, group in (("original scans", [r for r in pr if not r.get("added")]),
+                            ("added scans", [r for r in pr if r.get("added")]), ("all", pr)):
+            if group:
+                lines.append(f"{name}: " + _pred_summary(group) + "  ")
     if rules:
         lines += ["", "## Reading rules compared (same models, XANES + EXAFS as the file gives them)", "",
                   "How the scan is turned into model input: the measured chi(k) k origin "
@@ -388,23 +472,29 @@ def main() -> None:
     structs = structures()
     val = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for rel, (el, comp) in FILES.items():
+        for rel, (el, comp) in {**FILES, **FILES_ADDED}.items():
             path = XASLIB / rel
-            if not path.exists():
-                log(f"missing {path}: skipped")
+            if not path.exists() or comp not in structs:
+                log(f"missing {path if not path.exists() else comp + ' crystal (shared data)'}: skipped")
                 continue
             inp = inverse.spectrum_features(path, element=el)
+            rec = {"file": Path(rel).name, "compound": comp, "element": el, "edge": inp.edge,
+                   "T": xdi_temperature(path), "added": rel in FILES_ADDED, "truth": structure_truth(structs[comp], el)}
             if inp.exafs is None:
-                log(f"{rel}: no EXAFS reach: skipped")
+                if rel not in FILES_ADDED:
+                    log(f"{rel}: no EXAFS reach: skipped")
+                    continue
+                if have_store:  # XANES only: no gap fit, the models read what the file gives
+                    rec["pred"] = shipped_predictions(f"duckdb:///{args.work / 'store.duckdb'}", inp, None)
+                val.append(rec)
+                log(f"{rel}: XANES only, no gap fit")
                 continue
             sim = feff_chi(comp, structs[comp], el, inp.edge, cache, pool)
             meas = inp.exafs / inverse.EXAFS_GRID**2
             with reading_rule(0.0, True):  # the k origin before the shift: what the shift was set from
                 meas0 = inverse.spectrum_features(path, element=el).exafs / inverse.EXAFS_GRID**2
-            rec = {"file": Path(rel).name, "compound": comp, "element": el, "edge": inp.edge,
-                   "T": xdi_temperature(path), "fit4": fit_gap(meas, sim, per_a=True), "fit3": fit_gap(meas, sim, per_a=False),
-                   "dE_shift0": fit_gap(meas0, sim, per_a=True)["dE"],
-                   "truth": structure_truth(structs[comp], el)}
+            rec.update({"fit4": fit_gap(meas, sim, per_a=True), "fit3": fit_gap(meas, sim, per_a=False),
+                        "dE_shift0": fit_gap(meas0, sim, per_a=True)["dE"]})
             if have_store:
                 rec["pred"] = shipped_predictions(f"duckdb:///{args.work / 'store.duckdb'}", inp, sim)
             val.append(rec)
@@ -420,21 +510,24 @@ def main() -> None:
     if have_store:
         url = f"duckdb:///{args.work / 'store.duckdb'}"
         test = [(XASLIB / r["rel"], r["element"], r["truth"]) for r in json.loads((args.work / "measured.json").read_text())]
-        val_items = [(XASLIB / rel, el, structure_truth(structs[c], el)) for rel, (el, c) in FILES.items()
-                     if (XASLIB / rel).exists()]
-        rules = {"validation (18)": rule_summary(url, val_items), "test (33)": rule_summary(url, test)}
+        items = lambda files: [(XASLIB / rel, el, structure_truth(structs[c], el)) for rel, (el, c) in files.items()  # noqa: E731
+                               if (XASLIB / rel).exists() and c in structs]
+        val_items, added_items = items(FILES), items(FILES_ADDED)
+        sets = ((f"validation ({len(val_items)})", val_items), (f"validation added in session 23 ({len(added_items)})", added_items))
+        rules = {name: rule_summary(url, its) for name, its in sets}
+        rules[f"test ({len(test)})"] = rule_summary(url, test)
         if args.candidate:
             # a candidate store holds only models with EXAFS input: compare on the scans that have EXAFS
             test_x = [t for t in test if inverse.spectrum_features(t[0], element=t[1]).exafs is not None]
             now = RULES[-1:]
             labels = (args.candidate_label or []) + [f"candidate {i + 1}" for i in range(len(args.candidate))]
-            for name, items in (("validation (18)", val_items), (f"test with EXAFS ({len(test_x)})", test_x)):
-                rules[name + ", shipped"] = rule_summary(url, items, now)
+            for name, its in (*sets, (f"test with EXAFS ({len(test_x)})", test_x)):
+                rules[name + ", shipped"] = rule_summary(url, its, now)
                 for cand, label in zip(args.candidate, labels):
-                    rules[name + f", {label}"] = rule_summary(cand, items, now)
+                    rules[name + f", {label}"] = rule_summary(cand, its, now)
     text = report(val, tw, time.time() - t0, args.work if have_store else None, rules)
     if have_store and args.candidate:
-        text += "\n".join(per_scan([("shipped", url), *zip(labels, args.candidate)], val_items)) + "\n"
+        text += "\n".join(per_scan([("shipped", url), *zip(labels, args.candidate)], val_items + added_items)) + "\n"
     args.out.write_text(text)
     log(f"wrote {args.out}")
 
