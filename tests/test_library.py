@@ -277,7 +277,7 @@ def test_supplement_is_shipped_and_covers_every_3d_metal(shipped):
         p = protos[c.proto]
         formula = Structure(p.structure.lattice, [c.elements[g] for g in p.site_group],
                             p.structure.frac_coords).composition.reduced_formula
-        assert f"aflow:{p.pid}:{formula}" in names, host
+        assert lib._name(p, formula) in names, host
     sup = [i for i, e in enumerate(shipped) if e["provenance"].get("supplement")]
     assert sup == list(range(len(shipped) - len(sup), len(shipped)))
     by_el: dict = {}
