@@ -11,8 +11,9 @@ Same data, target, outlier filter and material split as bench_eta.py. Per seed:
      best-validation weights kept.
 Each fine-tuning epoch costs minutes on this CPU, so every epoch's full training state is
 checkpointed (train._fit): kill it any time, rerun the same command, it continues. A finished seed's
-predictions and record go to benchmarks/state/eta_ft/ (a few hundred kB, under git; the weights, 8-14 MB a
-stage, stay in the cache), so on a fresh machine the rerun starts at the first unfinished seed. Stage 2 starts
+predictions and record go to benchmarks/state/eta_ft/ (a few hundred kB, under git, keyed by a hash of the
+targets and split; the weights, 8-14 MB a stage, stay in the cache), so on a fresh machine the rerun starts
+at the first unfinished seed. Stage 2 starts
 from exactly stage 1's predictions (checked before training). Writes benchmarks/results/eta_finetune.md
 with the validation eta (the basis for any choice) and the test eta (filtered / all, bootstrap 95%
 interval over held-out materials) after each stage.
@@ -21,6 +22,7 @@ interval over held-out materials) after each stage.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -80,6 +82,8 @@ def main() -> None:
     cfg2 = train.TrainConfig(arch="xastruct", finetune=True, epochs=args.epochs, patience=args.patience, lr=args.lr,
                              device="cpu", num_threads=args.threads, pool="absorber", dropout=0.2).resolved()
     tag = f"lr{args.lr:g}_p{args.patience}"
+    # finished-seed files are keyed by the data too (targets, row order, split): other data, other file
+    fp = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (y, tr, va, test_all))).hexdigest()[:10]
     rows, preds = [], {"frozen": [], "fine-tuned": []}
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -120,11 +124,12 @@ def main() -> None:
         return p1, p2, info
 
     for seed in range(args.seeds):
-        done = state / f"seed{seed}_{tag}_e{args.epochs}.npz"
+        done = state / f"seed{seed}_{tag}_e{args.epochs}_{fp}.npz"
         if done.exists():  # a finished seed: its predictions and training record, not its weights
             z = np.load(done)
             info = json.loads(str(z["info"]))
             p1, p2 = [z["val1"], z["test1"]], [z["val2"], z["test2"]]
+            assert len(p1[0]) == len(va) and len(p1[1]) == len(test_all), f"{done} does not match this data"
         else:
             p1, p2, info = _train_seed(seed)
             tmp = done.with_suffix(".tmp.npz")

@@ -38,14 +38,30 @@ def source_store(tmp_path):
     store.dispose_engines()
 
 
+def _fail_one_job(url):
+    """A feff8l job that failed on NiO's O site, as `simulate` records it."""
+    sid = _count(url, "SELECT id FROM structures WHERE source_id = 'NiO'")
+    with store.get_engine(url).begin() as c:
+        store.bulk_insert(c, "jobs", [dict(key="job-o", structure_id=sid, site_index=1, absorber="O", edge="K",
+                                           kind="EXAFS", code="feff8l", params={"radius": 6.0}, status="failed",
+                                           reason="timeout: feff8l_pot killed")])
+
+
 def test_export_then_load_roundtrip(source_store, db_url, tmp_path):
+    _fail_one_job(source_store)
     out = tmp_path / "ds"
     counts = dataset.export_dataset(store.get_engine(source_store), out)
-    assert counts == {"structures": 2, "sites": _count(source_store, "SELECT count(*) FROM sites"), "spectra": 3}
+    assert counts == {"structures": 2, "sites": _count(source_store, "SELECT count(*) FROM sites"), "spectra": 3,
+                      "failed_jobs": 1}
     eng = store.get_engine(db_url)
     added = dataset.load_dataset(eng, out)
-    assert added == counts
-    assert dataset.load_dataset(eng, out) == {"structures": 0, "sites": 0, "spectra": 0}
+    assert added == {"structures": 2, "sites": counts["sites"], "spectra": 3, "jobs": 1}
+    assert dataset.load_dataset(eng, out) == {"structures": 0, "sites": 0, "spectra": 0, "jobs": 0}
+    # the failed job comes back failed, on the right structure, so `dataset build` does not rerun it
+    job = store.get_engine(db_url).connect().execute(sa.text(
+        "SELECT j.status, j.reason, j.site_index, st.source_id FROM jobs j JOIN structures st ON st.id = j.structure_id"
+    )).one()
+    assert tuple(job) == ("failed", "timeout: feff8l_pot killed", 1, "NiO")
     # links survive: every spectrum sits on a labelled site of the right element
     rows = store.get_engine(db_url).connect().execute(sa.text(
         "SELECT sp.absorber, si.element, si.cn, st.formula, sp.chi FROM spectra sp "

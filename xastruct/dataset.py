@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from . import store
 from .errors import InputError
+from .schema import jobs as jobs_t
 from .schema import sites as sites_t
 from .schema import spectra as spectra_t
 from .schema import structures as structures_t
@@ -113,7 +114,9 @@ def _json_text(v):
 
 def export_dataset(engine: sa.Engine, out_dir: str | Path = DEFAULT_DIR, *, sources=("builtin",),
                    spectrum_sources=("feff8l", "feff10")) -> dict:
-    """Write structures/sites/spectra of the given structure sources to parquet files in out_dir."""
+    """Write structures/sites/spectra of the given structure sources to parquet files in out_dir, and
+    the FEFF jobs that failed (failed_jobs.parquet: key, reason), so a store loaded from the files
+    does not run them again in `dataset build` (only with --retry-failed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -127,6 +130,9 @@ def export_dataset(engine: sa.Engine, out_dir: str | Path = DEFAULT_DIR, *, sour
         sp = conn.execute(sa.select(spectra_t).where(spectra_t.c.structure_id.in_(list(id2hash)),
                                                      spectra_t.c.source.in_(spectrum_sources))
                           .order_by(spectra_t.c.id)).mappings().all() if id2hash else []
+        fj = conn.execute(sa.select(jobs_t).where(jobs_t.c.structure_id.in_(list(id2hash)),
+                                                  jobs_t.c.code.in_(spectrum_sources), jobs_t.c.status == "failed")
+                          .order_by(jobs_t.c.id)).mappings().all() if id2hash else []
     for name, rows, table in (("structures", st, structures_t), ("sites", si, sites_t), ("spectra", sp, spectra_t)):
         cols = [c.name for c in table.columns if c.name not in _SKIP]
         data = {c: [_json_text(r[c]) if isinstance(table.c[c].type, sa.JSON) else r[c] for r in rows] for c in cols}
@@ -144,6 +150,12 @@ def export_dataset(engine: sa.Engine, out_dir: str | Path = DEFAULT_DIR, *, sour
             tbl = pa.table(data)
         pq.write_table(tbl, out_dir / f"{name}.parquet", compression="zstd", compression_level=19)
         counts[name] = tbl.num_rows
+    cols = ("key", "site_index", "absorber", "edge", "kind", "code", "params", "reason")
+    data = {c: [_json_text(r[c]) if c == "params" else r[c] for r in fj] for c in cols}
+    data["content_hash"] = [id2hash[r["structure_id"]] for r in fj]
+    schema = pa.schema([(c, pa.int64() if c == "site_index" else pa.string()) for c in (*cols, "content_hash")])
+    pq.write_table(pa.table(data, schema=schema), out_dir / "failed_jobs.parquet", compression="zstd")
+    counts["failed_jobs"] = len(fj)
     return counts
 
 
@@ -179,4 +191,12 @@ def load_dataset(engine: sa.Engine, src: str | Path = DEFAULT_DIR, *, progress=N
             added["spectra"] = added.get("spectra", 0) + store.bulk_insert(conn, "spectra", rows)
     if progress:
         progress(1)
+    failed = src / "failed_jobs.parquet"  # absent in datasets exported before it existed
+    if failed.exists():
+        rows = pq.read_table(failed).to_pylist()
+        for r in rows:
+            r["structure_id"] = ids[r.pop("content_hash")]
+            r["status"] = "failed"
+        with engine.begin() as conn:
+            added["jobs"] = store.bulk_insert(conn, "jobs", rows)  # the failed ones
     return added

@@ -1194,7 +1194,7 @@ def neighbor_period(probabilities: dict[str, float]) -> dict | None:
 
     Why: a backscatterer's amplitude and phase change slowly with Z, so neighbours a few Z apart
     (Co / Ni / Cu, O / N) scatter almost alike and a spectrum pins down the row of the periodic table
-    far better than the element (a Cu foil read as 'Co 0.18' is 'period 4' at p ~ 1). Classes that are
+    far better than the element (a Cu foil read as 'Co 0.14' is 'period 4' at p 0.64). Classes that are
     not element symbols (e.g. 'other') are left out; None when no class is an element."""
     sums: dict[int, float] = {}
     for cls, p in probabilities.items():
