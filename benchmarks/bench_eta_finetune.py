@@ -148,6 +148,10 @@ def main() -> None:
         for name, label in (("frozen", "frozen CHGNet + head"), ("fine-tuned", "fine-tuned CHGNet + head")):
             pv, pt = (np.mean([p[i] for p in preds[name]], 0) for i in (0, 1))
             rows.append((label, f"{args.seeds}-seed ensemble", "-", scores(pv, pt), 0.0))
+        # both stages of every seed averaged: the two training modes err differently only if this beats both
+        both = preds["frozen"] + preds["fine-tuned"]
+        pv, pt = (np.mean([p[i] for p in both], 0) for i in (0, 1))
+        rows.append(("frozen + fine-tuned", f"{len(both)}-member ensemble", "-", scores(pv, pt), 0.0))
 
     def ci(c):
         return f"[{c[0]:.2f}, {c[1]:.2f}]"
