@@ -255,8 +255,12 @@ def test_models_listing_shows_each_inverse_task_held_out_figure(trained):
                                                   f"F1 {cn['macro_f1'][0]:.3f} ± {cn['macro_f1'][1]:.3f}")
     mn = res["mnnd"].metrics["val"]["overall"]
     assert _headline(res["mnnd"].entry, "val") == f"MAE {mn['mae'][0]:.3f} ± {mn['mae'][1]:.3f} A"
-    r = CliRunner().invoke(models_cmd, ["--db", url])  # the table itself (columns shrink with the terminal)
-    assert r.exit_code == 0 and "registered model(s)" in r.output and "acc" in r.output, r.output
+    r = CliRunner().invoke(models_cmd, ["--db", url])  # not a terminal: 80 columns, the few-lines-a-model listing
+    assert r.exit_code == 0 and "registered model(s)" in r.output, r.output
+    for task in ("cn", "mnnd"):  # whole names and whole figures, nothing cut to fit a column
+        e = res[task].entry
+        assert e.name in r.output and f"{_headline(e, 'val')} | {_headline(e, 'test')}" in r.output, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
 
 
 def test_registered_rows_and_reload_reproduce_predictions(trained):

@@ -231,19 +231,35 @@ def models_cmd(task, element, as_json, db) -> None:
     if as_json:
         out.print_json(json.dumps([{k: v for k, v in vars(e).items() if k != "members"} for e in entries], default=str))
         return
-    tbl = Table(title=f"{len(entries)} registered model(s)")
     # forward: MAE of the spectrum; mnnd: MAE (A); cn / neighbor: accuracy and macro-F1 (all absorbers)
-    for c in ("id", "name", "seeds", "validation", "test", "test cosine", "split", "created"):
-        tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left", no_wrap=c == "name")
+    rows = []
     for e in entries:
         summ = (e.metrics or {}).get("summary", {})
         split_doc = (e.config or {}).get("split")
         counts = split_doc.get("counts", {}) if isinstance(split_doc, dict) else {}
-        split = "/".join(str(counts.get(s, {}).get("materials", "?")) for s in ("train", "val", "test")) if counts else "-"
-        tbl.add_row(
-            str(e.id), e.name, str((e.metrics or {}).get("n_seeds", (e.metrics or {}).get("seeds", "-"))),
-            _headline(e, "val"), _headline(e, "test"), _pm(summ, "test", "cosine"), split, str(e.created_at or "")[:19],
-        )  # fmt: skip
+        n_rows = (e.metrics or {}).get("n")  # inverse models count sites (split by reduced formula)
+        if counts:
+            split = "/".join(str(counts.get(s, {}).get("materials", "?")) for s in ("train", "val", "test")) + " materials"
+        elif isinstance(n_rows, dict):
+            split = "/".join(str(n_rows.get(s, "?")) for s in ("train", "val", "test")) + " sites"
+        else:
+            split = "-"
+        rows.append((str(e.id), e.name, str((e.metrics or {}).get("n_seeds", (e.metrics or {}).get("seeds", "-"))),
+                     _headline(e, "val"), _headline(e, "test"), _pm(summ, "test", "cosine"), split,
+                     str(e.created_at or "")[:19]))
+    if out.width < 150:  # the eight columns need ~150; a narrow terminal gets a few short lines a model instead
+        out.print(f"{len(entries)} registered model(s); held-out metrics: validation | test", highlight=False)
+        for id_, name, seeds, val, test, cos, split, created in rows:
+            out.print(f"[bold]{id_:>4}  {name}[/] ({seeds} seed(s))", highlight=False)
+            out.print(f"      {val} | {test}", highlight=False)
+            out.print(f"      split {split}" + (f", test cosine {cos}" if cos != "-" else "") + f", {created[:10]}",
+                      highlight=False)
+        return
+    tbl = Table(title=f"{len(entries)} registered model(s)")
+    for c in ("id", "name", "seeds", "validation", "test", "test cosine", "split", "created"):
+        tbl.add_column(c, justify="right" if c in ("id", "seeds") else "left", no_wrap=c == "name")
+    for r in rows:
+        tbl.add_row(*r)
     out.print(tbl)
 
 
