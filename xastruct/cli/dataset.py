@@ -19,7 +19,9 @@ def dataset_group() -> None:
 @click.option("--steps", default=None, help="Recipe steps to run, e.g. 1,2 (default: all). See xastruct/dataset.py RECIPE.")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
-@click.option("--retry-failed", is_flag=True)
+@click.option("--retry-failed", is_flag=True,
+              help="Run failed FEFF jobs again (a store loaded from the shipped dataset knows the ones that failed "
+                   "when it was made: `xastruct dataset status`).")
 @db_option
 def build(steps: str | None, workers: int, scheduler: str | None, retry_failed: bool, db: str | None) -> None:
     """Run the default-dataset recipe (resumable: rerun to continue) on the stored structures.
