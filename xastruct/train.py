@@ -1165,7 +1165,7 @@ def train_forward(
         if band is not None:
             test_band = band_calibration(np.stack([p["test"] for _, p in members]), data.y[idx["test"]],
                                          scale=band["scale"])
-            metrics["band"] = {"val": band, "test": test_band}
+            metrics["band"] = {"val": band, "test": test_band, "n_val": len(idx["val"]), "n_test": len(idx["test"])}
         if data.universal:
             metrics["per_pair"] = _per_pair_metrics(data, idx, ens, [p for _, p in members])
         models = [m.cpu() for m, _ in members]
