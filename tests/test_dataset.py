@@ -71,6 +71,19 @@ def test_export_then_load_roundtrip(source_store, db_url, tmp_path):
     assert [round(x, 5) for x in rows[0][4]] == [0.2, -0.1]
 
 
+def test_failed_jobs_naming_an_unknown_structure_is_a_clear_error(source_store, tmp_path):
+    import pyarrow.parquet as pq
+
+    _fail_one_job(source_store)
+    out = tmp_path / "ds"
+    dataset.export_dataset(store.get_engine(source_store), out)
+    tbl = pq.read_table(out / "failed_jobs.parquet").to_pylist()
+    tbl[0]["content_hash"] = "f" * 64
+    pq.write_table(__import__("pyarrow").Table.from_pylist(tbl), out / "failed_jobs.parquet")
+    with pytest.raises(dataset.InputError, match="row 0 .*not in structures.parquet"):
+        dataset.load_dataset(store.get_engine(f"duckdb:///{tmp_path / 'x.duckdb'}"), out)
+
+
 def test_recipe_elements(source_store):
     eng = store.get_engine(source_store)
     assert dataset.recipe_elements(eng, {"elements": "all", "min_z": 3}) == ["O", "Ni", "Cu"]

@@ -115,7 +115,7 @@ def _json_text(v):
 def export_dataset(engine: sa.Engine, out_dir: str | Path = DEFAULT_DIR, *, sources=("builtin",),
                    spectrum_sources=("feff8l", "feff10")) -> dict:
     """Write structures/sites/spectra of the given structure sources to parquet files in out_dir, and
-    the FEFF jobs that failed (failed_jobs.parquet: key, reason), so a store loaded from the files
+    the FEFF jobs that failed (failed_jobs.parquet: job key, site, edge, kind, code, params, reason), so a store loaded from the files
     does not run them again in `dataset build` (only with --retry-failed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,8 +194,12 @@ def load_dataset(engine: sa.Engine, src: str | Path = DEFAULT_DIR, *, progress=N
     failed = src / "failed_jobs.parquet"  # absent in datasets exported before it existed
     if failed.exists():
         rows = pq.read_table(failed).to_pylist()
-        for r in rows:
-            r["structure_id"] = ids[r.pop("content_hash")]
+        for i, r in enumerate(rows):
+            h = r.pop("content_hash")
+            if h not in ids:
+                raise InputError(failed, f"row {i} (job {r['key']}) names structure {h[:12]}, not in structures.parquet",
+                                 "re-export the dataset with `xastruct dataset export` from its generation store")
+            r["structure_id"] = ids[h]
             r["status"] = "failed"
         with engine.begin() as conn:
             added["jobs"] = store.bulk_insert(conn, "jobs", rows)  # the failed ones
